@@ -1,0 +1,107 @@
+"""The interface every equimol potential shares, and forces and stress from autograd.
+
+A potential subclasses :class:`Potential` and implements :meth:`Potential.energy`, the total
+energy of each structure as a differentiable function of positions and cell. The base class
+turns it into the ``forward(batch)`` of DESIGN: ``energy [B]``, ``forces [N, 3] = -dE/dpos``,
+and ``stress [B, 3, 3] = (1/V) dE/dstrain`` for periodic structures, all by autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch_geometric.data import Data
+
+from equimol import _keys as K
+
+__all__ = ["Potential", "structure_index", "num_structures"]
+
+
+def structure_index(data: Data) -> torch.Tensor:
+    """``batch [N]``: the structure of each atom (zeros for a single ``Data``)."""
+    batch = getattr(data, K.BATCH, None)
+    if batch is None:
+        return torch.zeros(data.pos.shape[0], dtype=torch.long, device=data.pos.device)
+    return batch
+
+
+def num_structures(data: Data) -> int:
+    """B, the number of structures in ``data`` (1 for a single ``Data``)."""
+    return int(data.num_graphs) if getattr(data, K.BATCH, None) is not None else 1
+
+
+class Potential(nn.Module):
+    """Base class of equimol's potentials.
+
+    Subclasses implement :meth:`energy`. ``forward`` adds forces (and stress when asked)
+    by differentiating that energy, so no model has a separate force head.
+    """
+
+    def energy(self, data: Data, pos: torch.Tensor, cell: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Energies of the structures in ``data``.
+
+        Args:
+            data: graph or batch with the fields of ``equimol._keys`` (``z``, ``edge_index``,
+                ``edge_shift``, ``batch``...). Use ``pos`` and ``cell`` from the arguments,
+                not from ``data``: they carry the gradient.
+            pos: [N, 3] Å.
+            cell: [B, 3, 3] Å.
+
+        Returns:
+            dict with ``energy [B]`` in eV, optionally ``per_atom_energy [N]``.
+        """
+        raise NotImplementedError
+
+    def forward(
+        self,
+        data: Data,
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Energy, forces and (when asked, for periodic cells) stress.
+
+        Args:
+            data: a ``Data`` or PyG ``Batch``.
+            compute_forces: add ``forces [N, 3]`` eV/Å as ``-dE/dpos``.
+            compute_stress: add ``stress [B, 3, 3]`` eV/Å³, ``(1/V) dE/dstrain`` with ASE's sign.
+                Structures that are not periodic along all three axes get zeros.
+
+        Returns:
+            dict with ``energy [B]`` and the requested derivatives. While training
+            (``torch.is_grad_enabled()``), the graph is kept so a loss on forces can be
+            back-propagated.
+        """
+        pos = data.pos
+        cell = data.cell.reshape(-1, 3, 3)
+        if not (compute_forces or compute_stress):
+            return self.energy(data, pos, cell)
+        with torch.enable_grad():
+            if not pos.requires_grad:
+                pos = pos.detach().requires_grad_(True)
+            inputs = [pos]
+            if compute_stress:
+                # E(pos (1 + eps), cell (1 + eps)) with a symmetric strain eps at zero.
+                displacement = torch.zeros_like(cell, requires_grad=True)
+                strain = 0.5 * (displacement + displacement.transpose(-1, -2))
+                pos = pos + torch.einsum("ni,nij->nj", pos, strain[structure_index(data)])
+                cell = cell + torch.bmm(cell, strain)
+                inputs.append(displacement)
+            out = self.energy(data, pos, cell)
+            grads = torch.autograd.grad(
+                out[K.ENERGY].sum(), inputs, create_graph=self.training, allow_unused=True
+            )
+        if compute_forces:
+            out[K.FORCES] = _zeros_if_none(grads[0], inputs[0]).neg()
+        if compute_stress:
+            volume = torch.linalg.det(data.cell.reshape(-1, 3, 3)).abs()
+            periodic = data.pbc.reshape(-1, 3).all(dim=1)
+            volume = torch.where(periodic, volume, torch.ones_like(volume))
+            virial = _zeros_if_none(grads[1], inputs[1])
+            out[K.STRESS] = torch.where(
+                periodic[:, None, None], virial / volume[:, None, None], torch.zeros_like(virial)
+            )
+        return out
+
+
+def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if grad is None else grad
