@@ -8,6 +8,8 @@ and ``stress [B, 3, 3] = (1/V) dE/dstrain`` for periodic structures, all by auto
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch_geometric.data import Data
@@ -36,6 +38,16 @@ class Potential(nn.Module):
     Subclasses implement :meth:`energy`. ``forward`` adds forces (and stress when asked)
     by differentiating that energy, so no model has a separate force head.
     """
+
+    def set_statistics(self, statistics: Any) -> None:
+        """Initialise data-dependent parameters from training-set statistics.
+
+        Called by the training code before the first step of a new run (not on resume) with
+        an ``equimol.data.DatasetStatistics``: per-species reference energies (eV), residual
+        energy per atom mean and std (eV/atom), force RMS (eV/Å), mean number of neighbours.
+        The default does nothing; models with shifts, scales or neighbour normalisation
+        override it, so nobody copies numbers into a config by hand.
+        """
 
     def energy(self, data: Data, pos: torch.Tensor, cell: torch.Tensor) -> dict[str, torch.Tensor]:
         """Energies of the structures in ``data``.
