@@ -1,0 +1,50 @@
+"""The documentation site builds with warnings as errors, and the README matches CI."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_documentation_builds_without_warnings(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "site" / "index.html").exists()
+
+
+def _fenced_commands(markdown: str) -> list[str]:
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", markdown, flags=re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    readme_commands = _fenced_commands((ROOT / "README.md").read_text())
+    ci_lines = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    test_command = ci_lines[-1]
+    assert "pytest" in test_command
+    assert test_command in readme_commands, (
+        f"the last command of .ci/run is not in the README:\n{test_command}"
+    )
+
+
+def test_readme_main_command_installs_torch_first() -> None:
+    commands = [c for c in _fenced_commands((ROOT / "README.md").read_text()) if "equimol " in c]
+    assert commands, "the README shows no command that runs equimol"
+    for command in commands:
+        assert command.index("torch==") < command.index("pip install -e"), command
