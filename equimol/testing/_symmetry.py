@@ -123,7 +123,10 @@ def translation_invariance_error(
     """Largest energy and force change under random translations.
 
     Args:
-        model, data, n_trials, seed: as in :func:`rotation_invariance_error`.
+        model: the potential under test.
+        data: one structure, or a list of them.
+        n_trials: number of random transformations per structure.
+        seed: seed of the random transformations.
         scale: translations are uniform in ``[-scale, scale]^3`` Å (periodic structures are
             not wrapped back into the cell).
         planar: translations within the xy plane.
@@ -146,7 +149,10 @@ def permutation_invariance_error(
     """Largest energy change and force error when the atoms are listed in another order.
 
     Args:
-        model, data, n_trials, seed: as in :func:`rotation_invariance_error`.
+        model: the potential under test.
+        data: one structure, or a list of them.
+        n_trials: number of random transformations per structure.
+        seed: seed of the random transformations.
         same_species_only: reorder only among atoms of equal atomic number (the list of
             species stays the same), or reorder all atoms (species travel with their atoms).
 
