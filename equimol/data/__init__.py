@@ -1,0 +1,20 @@
+"""Structures to graphs: neighbour lists, data sets, splits and training-set statistics."""
+
+from equimol.data.dataset import AtomsDataset
+from equimol.data.graph import IsolatedAtomError, atoms_to_graph, edge_vectors, radius_graph
+from equimol.data.io import MissingKeyError, read_frames
+from equimol.data.split import split_indices
+from equimol.data.statistics import DatasetStatistics, compute_statistics
+
+__all__ = [
+    "atoms_to_graph",
+    "radius_graph",
+    "edge_vectors",
+    "IsolatedAtomError",
+    "AtomsDataset",
+    "read_frames",
+    "MissingKeyError",
+    "split_indices",
+    "DatasetStatistics",
+    "compute_statistics",
+]

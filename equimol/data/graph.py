@@ -117,6 +117,8 @@ def atoms_to_graph(
         raise ValueError(f"{source}: non-finite positions (NaN or inf) at atom indices {bad.tolist()}")
     if cutoff <= 0 or not np.isfinite(cutoff):
         raise ValueError(f"cutoff must be a positive number of Å, got {cutoff!r}")
+    if on_isolated not in ("error", "ignore"):
+        raise ValueError(f"on_isolated must be 'error' or 'ignore', got {on_isolated!r}")
     cell = np.asarray(atoms.get_cell()[:], dtype=np.float64)
     pbc = np.asarray(atoms.get_pbc(), dtype=bool)
     for axis in np.nonzero(pbc)[0]:
