@@ -1,0 +1,129 @@
+"""A pair potential learned by a small neural network: invariant by construction, blind to angles.
+
+``E = sum_i (e_ref[z_i] + shift) + scale * sum_{pairs i<j, r_ij < rc} phi(r_ij) fc(r_ij)``
+with ``phi`` an MLP of a Gaussian expansion of the distance (one output per unordered
+species pair when species are resolved) and ``fc`` Behler's cosine cutoff
+(:class:`equimol.nn.CosineCutoff`), so energies and forces are continuous as atoms cross the
+cutoff. Pairs come from the radius graph of the data (``edge_index``, ``edge_shift``;
+periodic images included), which must have been built with a cutoff of at least ``cutoff``:
+pairs the graph does not hold are not seen.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch_geometric.data import Data
+
+from equimol import _keys as K
+from equimol.data.graph import edge_vectors
+from equimol.models._energy_scale import EnergyScale
+from equimol.models._mlp import mlp
+from equimol.models.base import Potential, num_structures, structure_index
+from equimol.nn import CosineCutoff, GaussianBasis
+
+__all__ = ["PairNN"]
+
+
+class PairNN(Potential):
+    """Sum over pairs within the cutoff of a learned function of the distance.
+
+    Args:
+        cutoff: rc in Å (no larger than the cutoff of the data's radius graph).
+        hidden: widths of the hidden layers of ``phi``.
+        activation: ``"silu"``, ``"tanh"``, ``"softplus"``, ``"gelu"`` or ``"relu"``.
+        species: atomic numbers for one pair function per unordered species pair, or None
+            for one function shared by all pairs.
+        num_basis: the MLP reads the distance expanded in this many Gaussians evenly
+            spaced on [0, cutoff] (:class:`equimol.nn.GaussianBasis`); 0 feeds it the bare
+            ``r / cutoff``, which learns steep repulsive walls far more slowly.
+    """
+
+    def __init__(
+        self,
+        cutoff: float,
+        hidden: list[int] = [32, 32],  # noqa: B006 (never mutated; jsonargparse-friendly)
+        activation: str = "silu",
+        species: list[int] | None = None,
+        num_basis: int = 16,
+    ) -> None:
+        super().__init__()
+        if not (cutoff > 0 and math.isfinite(cutoff)):
+            raise ValueError(f"PairNN: cutoff must be a positive number of Å, got {cutoff!r}")
+        self.cutoff = float(cutoff)
+        self.envelope = CosineCutoff(self.cutoff)
+        lookup = torch.full((119, 119), -1, dtype=torch.long)
+        if species is None:
+            lookup.fill_(0)
+            n_channels = 1
+        else:
+            species = sorted({int(s) for s in species})
+            if not species or any(s < 1 or s > 118 for s in species):
+                raise ValueError(f"PairNN: species must be atomic numbers 1..118, got {species}")
+            n_channels = 0
+            for a in range(len(species)):
+                for b in range(a, len(species)):
+                    lookup[species[a], species[b]] = lookup[species[b], species[a]] = n_channels
+                    n_channels += 1
+        self.species = species
+        self.register_buffer("pair_channel", lookup, persistent=False)
+        if int(num_basis) < 0:
+            raise ValueError(f"PairNN: num_basis must be >= 0, got {num_basis!r}")
+        self.num_basis = int(num_basis)
+        self.basis = GaussianBasis(self.cutoff, self.num_basis, start=0.0) if self.num_basis else None
+        self.net = mlp(max(self.num_basis, 1), hidden, n_channels, activation)
+        self.energy_scale = EnergyScale()
+
+    def set_statistics(self, statistics: Any) -> None:
+        """Reference energies and per-atom mean as the per-atom shift; pair energies in
+        units of the per-atom energy spread."""
+        self.energy_scale.set_from_statistics(statistics, scale_multiplier=1.0)
+
+    def _channels(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        if bool(((z_a < 0) | (z_a > 118) | (z_b < 0) | (z_b > 118)).any()):
+            raise ValueError("PairNN: atomic numbers must be in 1..118")
+        channel = self.pair_channel[z_a, z_b]
+        if bool((channel < 0).any()):
+            unknown = sorted(set(torch.cat([z_a[channel < 0], z_b[channel < 0]]).tolist()) - set(self.species))
+            raise ValueError(f"PairNN: atomic numbers {unknown} are not in species={self.species}")
+        return channel
+
+    def _raw_pair(self, r: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+        """``phi(r) fc(r)`` for distances ``r [P]`` Å and pair channels ``[P]`` (unscaled)."""
+        inputs = (r / self.cutoff)[:, None] if self.basis is None else self.basis(r)
+        out = self.net(inputs)
+        phi = out.gather(1, channel[:, None]).squeeze(1)
+        return phi * self.envelope(r)
+
+    def pair_energy(self, r: torch.Tensor, z1: int | None = None, z2: int | None = None) -> torch.Tensor:
+        """The learned energy of one pair at distances ``r`` (any shape, Å), in eV.
+
+        ``z1, z2`` pick the species pair when species are resolved. The per-atom shifts are
+        not included; the curve is zero beyond the cutoff.
+        """
+        if self.species is not None and (z1 is None or z2 is None):
+            raise ValueError(f"PairNN.pair_energy: give z1 and z2 (species={self.species})")
+        flat = r.reshape(-1)
+        z_a = torch.full_like(flat, z1 or 1, dtype=torch.long)
+        z_b = torch.full_like(flat, z2 or 1, dtype=torch.long)
+        raw = self._raw_pair(flat, self._channels(z_a, z_b))
+        return (self.energy_scale.scale.to(raw.dtype) * raw).reshape(r.shape)
+
+    def energy(self, data: Data, pos: torch.Tensor, cell: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``energy [B]`` and ``per_atom_energy [N]`` eV (each pair split between its atoms)."""
+        z = data[K.ATOMIC_NUMBERS]
+        edge_index = data[K.EDGE_INDEX]
+        vectors = edge_vectors(pos, edge_index, data[K.EDGE_SHIFT], cell, getattr(data, K.BATCH, None))
+        r = torch.linalg.vector_norm(vectors, dim=-1)
+        j, i = edge_index[0], edge_index[1]
+        # every unordered pair appears twice in the directed graph: half to each centre
+        edge_energy = 0.5 * self._raw_pair(r, self._channels(z[j], z[i]))
+        raw = torch.zeros(len(z), dtype=pos.dtype, device=pos.device).index_add(0, i, edge_energy)
+        scale = self.energy_scale
+        per_atom = scale.per_atom_offset(z).to(pos.dtype) + scale.scale.to(pos.dtype) * raw
+        batch = structure_index(data)
+        energy = torch.zeros(num_structures(data), dtype=pos.dtype, device=pos.device)
+        energy = energy.index_add(0, batch, per_atom)
+        return {K.ENERGY: energy, K.PER_ATOM_ENERGY: per_atom}
