@@ -1,0 +1,279 @@
+"""NequIP-style E(3)-equivariant interatomic potential, and its export for use outside Python.
+
+Architecture (Batzner et al., Nat. Commun. 13, 2453 (2022)):
+
+1. species embedding: one-hot of the species index -> linear -> ``channels x 0e``;
+2. edges: spherical harmonics Y^l (l <= ``l_max``) of the direction, and Bessel basis times
+   the polynomial cutoff envelope of the length;
+3. ``num_layers`` interaction blocks (tensor-product convolution, gate, self-interaction,
+   residual where the irreps match);
+4. a linear readout of the even scalars to one number per atom, scaled and shifted per
+   species (eV), summed over the atoms of each structure.
+
+Hidden features (NequIP's convention): ``channels`` copies of every irrep with l <= ``l_max``
+and, when ``parity`` is True, both parities (``32x0e + 32x0o + 32x1o + 32x1e`` for
+``l_max = 1``). Each layer keeps only the irreps its tensor product can reach, so the first
+layer carries ``0e + 1o`` and odd scalars appear from the third layer on. With
+``parity=False`` the network is SO(3)-equivariant only (harmonics and features labelled even)
+and can tell mirror images apart.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import ase.data
+import torch
+from e3nn import o3
+from torch import nn
+from torch_geometric.data import Data
+from torch_geometric.utils import scatter
+
+from equimol import _keys as K
+from equimol.data.graph import edge_vectors
+from equimol.models.base import Potential, num_structures, structure_index
+from equimol.nn import (
+    InteractionBlock,
+    PerSpeciesScaleShift,
+    RadialEmbedding,
+    ScalarReadout,
+    SpeciesEmbedding,
+    SphericalHarmonicEdgeEmbedding,
+)
+
+__all__ = ["EquivariantPotential", "AtomicEnergyNetwork", "species_to_atomic_numbers"]
+
+_MAX_Z = 118
+
+
+def species_to_atomic_numbers(species: list[int | str]) -> list[int]:
+    """Atomic numbers of ``species`` given as numbers or chemical symbols (``"H"``, ``8``...)."""
+    numbers = []
+    for s in species:
+        if isinstance(s, str) and not s.isdigit():
+            if s not in ase.data.atomic_numbers:
+                raise ValueError(f"unknown chemical symbol {s!r} in species {species}")
+            numbers.append(int(ase.data.atomic_numbers[s]))
+        else:
+            z = int(s)
+            if not 1 <= z <= _MAX_Z:
+                raise ValueError(f"atomic number {z} in species {species} is not in 1..{_MAX_Z}")
+            numbers.append(z)
+    if len(set(numbers)) != len(numbers):
+        raise ValueError(f"species {species} lists an element twice")
+    if not numbers:
+        raise ValueError("species must list at least one element")
+    return numbers
+
+
+def _atomic_numbers_with_repeats(species: list[int | str]) -> list[int]:
+    """Like :func:`species_to_atomic_numbers`, but repeated elements are allowed."""
+    return [species_to_atomic_numbers([s])[0] for s in species]
+
+
+class AtomicEnergyNetwork(nn.Module):
+    """The network of :class:`EquivariantPotential` on plain tensors: per-atom energies.
+
+    Kept separate from the ``Data``-based interface so that it can be scripted
+    (TorchScript) and compiled.
+
+    Shapes:
+        ``types [N]`` int64 species indices, ``edge_vec [E, 3]`` Å, ``edge_index [2, E]``
+        -> per-atom energies ``[N]`` eV.
+    """
+
+    def __init__(
+        self,
+        num_species: int,
+        cutoff: float,
+        l_max: int,
+        parity: bool,
+        channels: int,
+        num_layers: int,
+        num_radial_basis: int,
+        radial_hidden: int,
+        avg_num_neighbors: float,
+        scales: list[float],
+        shifts: list[float],
+        trainable_scale_shift: bool,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        if channels < 1:
+            raise ValueError(f"channels must be at least 1, got {channels}")
+        parities = (1, -1) if parity else (1,)
+        hidden = o3.Irreps([(channels, (l, p)) for l in range(l_max + 1) for p in parities]).sort().irreps
+        self.irreps_hidden = hidden.simplify()
+        self.embedding = SpeciesEmbedding(num_species, o3.Irreps(f"{channels}x0e"))
+        self.edge_embedding = SphericalHarmonicEdgeEmbedding(l_max, parity=parity)
+        self.radial = RadialEmbedding(cutoff, num_radial_basis)
+        layers = []
+        irreps = self.embedding.irreps_out
+        for _ in range(num_layers):
+            block = InteractionBlock(
+                irreps,
+                self.edge_embedding.irreps_out,
+                self.irreps_hidden,
+                num_radial_basis,
+                radial_hidden=(radial_hidden,),
+                avg_num_neighbors=avg_num_neighbors,
+            )
+            layers.append(block)
+            irreps = block.irreps_out
+        self.layers = nn.ModuleList(layers)
+        self.readout = ScalarReadout(irreps)
+        self.scale_shift = PerSpeciesScaleShift(num_species, scales, shifts, trainable=trainable_scale_shift)
+
+    def forward(self, types: torch.Tensor, edge_vec: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        edge_attr = self.edge_embedding(edge_vec)
+        edge_radial = self.radial(torch.linalg.norm(edge_vec, dim=-1))
+        x = self.embedding(types)
+        for layer in self.layers:
+            x = layer(x, edge_attr, edge_radial, edge_index)
+        return self.scale_shift(self.readout(x), types)
+
+
+class EquivariantPotential(Potential):
+    """NequIP-style equivariant potential (see the module docstring for the architecture).
+
+    Args:
+        species: the elements the model knows, as atomic numbers or symbols (``[1, 6, "O"]``).
+        cutoff: radius of the graph and of the smooth envelope, Å. The graphs given to the
+            model must be built with (at least) this cutoff; longer edges contribute zero.
+        l_max: highest degree of the spherical harmonics and features.
+        parity: O(3)-equivariant (mirror images have equal energies) if True, SO(3) if False.
+        channels: multiplicity of each hidden irrep.
+        num_layers: number of interaction blocks.
+        num_radial_basis: number of Bessel functions.
+        radial_hidden: width of the hidden layer of the radial MLPs.
+        avg_num_neighbors: neighbour normalisation of the convolutions (the sum over
+            neighbours is divided by its square root); None means 1 until
+            :meth:`set_statistics` sets it.
+        reference_energies: per-element energies (eV), keyed by atomic number or symbol,
+            used as the initial per-species shifts (0 for elements not listed).
+        energy_scale: initial per-species scale of the network output, eV.
+        trainable_scale_shift: learn the per-species scales and shifts.
+
+    ``energy(data, pos, cell)`` returns ``energy [B]`` eV and ``per_atom_energy [N]`` eV.
+    """
+
+    def __init__(
+        self,
+        species: list[int | str],
+        cutoff: float = 5.0,
+        l_max: int = 1,
+        parity: bool = True,
+        channels: int = 32,
+        num_layers: int = 2,
+        num_radial_basis: int = 8,
+        radial_hidden: int = 64,
+        avg_num_neighbors: float | None = None,
+        reference_energies: dict[str | int, float] | None = None,
+        energy_scale: float = 1.0,
+        trainable_scale_shift: bool = True,
+    ) -> None:
+        super().__init__()
+        if cutoff <= 0 or not math.isfinite(cutoff):
+            raise ValueError(f"cutoff must be a positive number of Å, got {cutoff}")
+        if l_max < 0:
+            raise ValueError(f"l_max must be >= 0, got {l_max}")
+        self.atomic_numbers = species_to_atomic_numbers(species)
+        self.cutoff = float(cutoff)
+        shifts = self._reference_shifts(reference_energies or {})
+        self.network = AtomicEnergyNetwork(
+            num_species=len(self.atomic_numbers),
+            cutoff=cutoff,
+            l_max=l_max,
+            parity=parity,
+            channels=channels,
+            num_layers=num_layers,
+            num_radial_basis=num_radial_basis,
+            radial_hidden=radial_hidden,
+            avg_num_neighbors=1.0 if avg_num_neighbors is None else float(avg_num_neighbors),
+            scales=[float(energy_scale)],
+            shifts=shifts,
+            trainable_scale_shift=trainable_scale_shift,
+        )
+        z_to_type = torch.full((_MAX_Z + 1,), -1, dtype=torch.long)
+        z_to_type[torch.tensor(self.atomic_numbers)] = torch.arange(len(self.atomic_numbers))
+        self.register_buffer("z_to_type", z_to_type, persistent=False)
+
+    def _reference_shifts(self, reference_energies: Mapping[Any, float]) -> list[float]:
+        by_z = {}
+        for key, value in reference_energies.items():
+            (z,) = species_to_atomic_numbers([key])
+            if z not in self.atomic_numbers:
+                raise ValueError(
+                    f"reference_energies names element {key!r} (Z={z}), which is not in species {self.atomic_numbers}"
+                )
+            by_z[z] = float(value)
+        return [by_z.get(z, 0.0) for z in self.atomic_numbers]
+
+    def species_index(self, z: torch.Tensor) -> torch.Tensor:
+        """Species index ``[N]`` of atomic numbers ``z [N]``; ValueError for unknown elements."""
+        inside = (z >= 0) & (z <= _MAX_Z)
+        types = self.z_to_type[z.clamp(0, _MAX_Z)]
+        bad = (~inside) | (types < 0)
+        if bool(bad.any()):
+            unknown = sorted(set(z[bad].tolist()))
+            raise ValueError(
+                f"atomic number(s) {unknown} not known to this model; it was built for species "
+                f"{self.atomic_numbers}"
+            )
+        return types
+
+    def energy(self, data: Data, pos: torch.Tensor, cell: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``energy [B]`` eV and ``per_atom_energy [N]`` eV (see :meth:`Potential.energy`)."""
+        batch = getattr(data, K.BATCH, None)
+        types = self.species_index(data.z)
+        vectors = edge_vectors(pos, data.edge_index, data.edge_shift, cell, batch)
+        per_atom = self.network(types, vectors, data.edge_index)
+        energy = scatter(per_atom, structure_index(data), dim=0, dim_size=num_structures(data), reduce="sum")
+        return {K.ENERGY: energy, K.PER_ATOM_ENERGY: per_atom}
+
+    @torch.no_grad()
+    def set_statistics(self, statistics: Any) -> None:
+        """Scale, shifts and neighbour normalisation from training-set statistics.
+
+        Reads ``reference_energies`` (dict atomic number -> eV), ``energy_per_atom_mean``
+        (residual eV/atom after the references), ``energy_per_atom_std`` (eV/atom),
+        ``force_rms`` (eV/Å or None), ``avg_num_neighbors`` and ``species`` (atomic numbers in
+        the data, which must all be known to the model) from an object or a mapping.
+        The per-species scale becomes ``force_rms`` (or the energy std if there are no forces),
+        the shifts the reference energy plus the mean residual.
+        """
+
+        def get(name: str) -> Any:
+            if isinstance(statistics, Mapping):
+                return statistics.get(name)
+            return getattr(statistics, name, None)
+
+        references = dict(get("reference_energies") or {})
+        mean = float(get("energy_per_atom_mean") or 0.0)
+        named = list(references) + list(get("species") or [])
+        unknown = sorted({z for z in _atomic_numbers_with_repeats(named) if z not in self.atomic_numbers})
+        if unknown:
+            raise ValueError(
+                f"the training data contain atomic numbers {unknown} that are not in the model's species "
+                f"{self.atomic_numbers}"
+            )
+        shifts = [v + mean for v in self._reference_shifts(references)]
+        scale = None
+        for name in ("force_rms", "energy_per_atom_std"):
+            value = get(name)
+            if value is not None and math.isfinite(float(value)) and float(value) > 0:
+                scale = float(value)
+                break
+        self.network.scale_shift.set_values(scales=scale, shifts=shifts)
+        avg = get("avg_num_neighbors")
+        if avg is not None:
+            for layer in self.network.layers:
+                layer.conv.set_avg_num_neighbors(float(avg))
+
+    def export(self, path: str) -> None:
+        """Save a TorchScript inference module to ``path``; see :func:`equimol.models.export.export_potential`."""
+        from equimol.models.export import export_potential
+
+        export_potential(self, path)
