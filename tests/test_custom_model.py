@@ -20,6 +20,7 @@ from equimol.data.graph import atoms_to_graph, edge_vectors
 from equimol.models.base import Potential, num_structures, structure_index
 
 
+# --8<-- [start:model]
 class TinyPotential(Potential):
     """Species embedding, two interaction blocks with l <= 1, a scalar readout."""
 
@@ -46,6 +47,7 @@ class TinyPotential(Potential):
         per_atom = self.readout(x)
         energy = scatter(per_atom, structure_index(data), dim=0, dim_size=num_structures(data), reduce="sum")
         return {"energy": energy, "per_atom_energy": per_atom}
+# --8<-- [end:model]
 
 
 # ---- it trains, and it is invariant ---------------------------------------------------------

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -460,7 +460,7 @@ def featurizer_names() -> list[str]:
     return sorted(_FEATURIZERS)
 
 
-def featurizer_from_name(name: str, **kwargs) -> Featurizer:
+def featurizer_from_name(name: str, **kwargs: Any) -> Featurizer:
     """Build a featurizer from its config name and constructor arguments.
 
     Args:
