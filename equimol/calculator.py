@@ -1,0 +1,135 @@
+"""``EquimolCalculator``: an ASE calculator over a trained equimol potential.
+
+The potential comes from a checkpoint written by ``equimol fit`` (``.ckpt``; the EMA weights
+when EMA was on), from a file written by ``equimol.models.export.export_potential``, or from a
+model object (any ``nn.Module`` with the ``Potential`` interface, or a ``PotentialModule``).
+Energies are in eV, forces in eV/Å, stress in eV/Å³ in Voigt order (xx, yy, zz, yz, xz, xy),
+ASE's sign convention.
+
+Example::
+
+    from ase.optimize import BFGS
+    atoms.calc = EquimolCalculator("runs/quickstart/checkpoints/last.ckpt")
+    BFGS(atoms).run(fmax=0.01)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import ase
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+from torch import nn
+from torch_geometric.data import Batch
+
+from equimol import _keys as K
+from equimol.data.graph import atoms_to_graph
+
+__all__ = ["EquimolCalculator", "load_model"]
+
+
+def load_model(source: str | os.PathLike | nn.Module, device: str | torch.device = "cpu") -> nn.Module:
+    """The potential in ``source``: a ``.ckpt`` from ``equimol fit``, an exported file, or a
+    model object (a ``PotentialModule`` gives its ``model``), in eval mode on ``device``."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such checkpoint or exported model")
+        if path.suffix == ".ckpt":
+            from equimol.train.module import load_potential
+
+            model = load_potential(str(path), map_location=device).model
+        else:
+            try:
+                from equimol.models.export import load_exported
+            except ImportError:  # pragma: no cover - exporter not available
+                load_exported = torch.jit.load
+            try:
+                model = load_exported(path, map_location=device)
+            except Exception as error:
+                raise ValueError(
+                    f"{path}: neither a Lightning checkpoint (.ckpt) nor an exported equimol model ({error})"
+                ) from error
+    elif isinstance(source, nn.Module):
+        model = getattr(source, "model", source) if not isinstance(source, torch.jit.ScriptModule) else source
+    else:
+        raise TypeError(f"expected a checkpoint path or a torch.nn.Module, got {type(source).__name__}")
+    return model.to(device).eval()
+
+
+class EquimolCalculator(Calculator):
+    """ASE calculator of energy, free energy (= energy), forces and, for cells periodic along
+    all three axes, stress.
+
+    Args:
+        model: a checkpoint path (``.ckpt``), an exported model path, or a model object.
+        device: torch device for the model (``"cpu"``, ``"cuda"``...).
+        dtype: floating dtype of the computation (``torch.float64`` for tight energy
+            conservation in MD); default: the dtype of the model's parameters. A model object
+            given with another dtype is converted (the object itself is left unchanged).
+        cutoff: radius of the graph, Å; default ``model.cutoff`` (it must be set one way).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(
+        self,
+        model: str | os.PathLike | nn.Module,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        cutoff: float | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.device = torch.device(device)
+        network = load_model(model, self.device)
+        model_dtype = next((p.dtype for p in network.parameters() if p.is_floating_point()), torch.float32)
+        self.dtype = dtype or model_dtype
+        if self.dtype != model_dtype:
+            import copy
+
+            network = copy.deepcopy(network).to(self.dtype) if isinstance(model, nn.Module) else network.to(self.dtype)
+        self.model = network
+        self.exported = isinstance(network, torch.jit.ScriptModule)
+        value = cutoff if cutoff is not None else getattr(network, "cutoff", None)
+        if value is None:
+            raise ValueError("the model has no 'cutoff' attribute; pass cutoff=<Å> to EquimolCalculator")
+        self.cutoff = float(value)
+
+    def calculate(
+        self,
+        atoms: ase.Atoms | None = None,
+        properties: Sequence[str] = ("energy",),
+        system_changes: Sequence[str] = all_changes,
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        periodic = bool(np.all(atoms.get_pbc()))
+        want_stress = "stress" in properties
+        if want_stress and not periodic:
+            raise PropertyNotImplementedError("stress needs a cell that is periodic along all three axes")
+        if want_stress and self.exported:
+            raise PropertyNotImplementedError("an exported model computes energy and forces only")
+        data = atoms_to_graph(atoms, self.cutoff, dtype=self.dtype, on_isolated="ignore")
+        batch = Batch.from_data_list([data]).to(self.device)
+        if self.exported:
+            energy, forces = self.model(
+                batch.pos, batch.z, batch.edge_index, batch.edge_shift, batch.cell, batch.batch
+            )
+            out = {K.ENERGY: energy, K.FORCES: forces}
+        else:
+            out = self.model(batch, compute_forces=True, compute_stress=want_stress or periodic)
+        energy = float(out[K.ENERGY].detach().sum())
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": out[K.FORCES].detach().cpu().double().numpy(),
+        }
+        if K.STRESS in out and periodic:
+            stress = out[K.STRESS].detach().cpu().double().numpy().reshape(3, 3)
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)

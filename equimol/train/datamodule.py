@@ -1,0 +1,310 @@
+"""``AtomsDataModule``: data for training a potential, from a generator, a file or a packaged sample.
+
+The module builds radius graphs with :class:`equimol.data.AtomsDataset`, splits them with a
+seeded :func:`equimol.data.split_indices`, computes :func:`equimol.data.compute_statistics`
+on the training split only (the model receives them through ``set_statistics``), writes
+them as ``statistics.json`` (and the frame indices of each split as ``split.json``) into the
+run folder, and applies augmentation transforms to the
+training split only. Generated data is written once to a cache file (ASE trajectory, exact
+float64) and always read back from it, so a resumed run trains on identical structures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import ase
+import ase.io
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import Dataset
+from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader
+from torch_geometric.transforms import BaseTransform
+
+from equimol import _keys as K
+
+__all__ = ["AtomsDataModule", "generate_cached", "TransformedSubset"]
+
+
+class TransformedSubset(Dataset):
+    """The items ``indices`` of ``dataset``, each passed through ``transform`` (on a copy)."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], transform: Callable[[Data], Data] | None = None):
+        self.dataset = dataset
+        self.indices = [int(i) for i in indices]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Data:
+        data = self.dataset[self.indices[index]]
+        return data if self.transform is None else self.transform(data.clone())
+
+
+def _generators() -> dict[str, Callable[..., list[ase.Atoms]]]:
+    from equimol.simulate import GENERATORS  # lazy: generators import heavy calculators
+
+    return GENERATORS
+
+
+def _global_seed() -> int:
+    """The seed ``seed_everything`` set (``PL_GLOBAL_SEED``), or 0."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def generate_cached(
+    generator: dict[str, Any], cache_dir: str | os.PathLike, default_seed: int | None = None, progress: bool = True
+) -> Path:
+    """Run a data generator once and cache its frames; returns the cache file.
+
+    Args:
+        generator: ``{"name": <a key of equimol.simulate.GENERATORS>, **arguments}``.
+        cache_dir: folder of the cache; the file name holds a hash of the name and arguments,
+            so the same generator call finds the same file.
+        default_seed: the generator's ``seed`` when ``generator`` gives none (default: the
+            seed of ``seed_everything``, else 0).
+        progress: print what is being generated.
+
+    The frames are written as an ASE trajectory (positions and labels in float64).
+    """
+    spec = dict(generator)
+    name = spec.pop("name", None)
+    registry = _generators()
+    if name not in registry:
+        raise ValueError(
+            f"data.generator.name: unknown generator {name!r}; available: {sorted(registry)}"
+        )
+    function = registry[name]
+    parameters = inspect.signature(function).parameters
+    has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = [key for key in spec if key not in parameters and not has_var_kw]
+    if unknown:
+        raise ValueError(
+            f"data.generator: {name!r} takes no argument(s) {unknown}; it takes "
+            f"{[p for p in parameters if parameters[p].kind is not inspect.Parameter.VAR_POSITIONAL]}"
+        )
+    if "seed" in parameters and "seed" not in spec:
+        spec["seed"] = _global_seed() if default_seed is None else int(default_seed)
+    # ``progress`` changes no frame: leave it out of the cache key
+    identity = {"name": name, **{k: v for k, v in spec.items() if k != "progress"}}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"{name}-{digest}.traj"
+    if path.exists():
+        return path
+    if progress:
+        print(f"equimol: generating data with {name}({', '.join(f'{k}={v!r}' for k, v in spec.items())})")
+    if "progress" in parameters and "progress" not in spec:
+        spec["progress"] = progress
+    frames = function(**spec)
+    if not frames:
+        raise ValueError(f"data.generator {name!r} returned no structures")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".partial-{os.getpid()}.traj")
+    ase.io.write(partial, frames)
+    os.replace(partial, path)  # atomic: a parallel reader never sees half a file
+    return path
+
+
+class AtomsDataModule(pl.LightningDataModule):
+    """Structures with energies (and forces, stress) as radius graphs, split and batched.
+
+    Give exactly one of ``generator``, ``path`` or ``sample``.
+
+    Args:
+        cutoff: radius of the graphs, Å; must equal the model's cutoff.
+        generator: ``{name: <generator>, <its arguments>}``, a generator of
+            ``equimol.simulate.GENERATORS`` (``toy2d``, ``lj-cluster``, ``lj-gravity-mc``,
+            ``emt-md``, ``molecule-md``); its ``seed`` defaults to ``seed``.
+        path: a structure file (extended XYZ or anything ASE reads) or an ASE database.
+        sample: the name of a data file shipped with equimol (``ethanol_gfn2``).
+        energy_key, forces_key, stress_key: where the labels are in the frames (``atoms.info``,
+            ``atoms.arrays`` or calculator results); None leaves that label out.
+        require: labels every frame must have.
+        split: fractions (``[0.8, 0.1, 0.1]``) or sizes (``[400, 50, 50]``) of the training,
+            validation and (optional third entry) test sets.
+        seed: seed of the split and default seed of the generator; None uses the seed
+            of ``seed_everything`` (so one number in the config seeds everything).
+        batch_size: structures per training batch.
+        eval_batch_size: structures per validation/test batch (default: ``batch_size``).
+        num_workers: DataLoader worker processes.
+        train_transforms: augmentations (PyG ``BaseTransform`` objects) applied on the fly to
+            training structures only (for example ``equimol.data.transforms.RandomRotation``).
+        cache_dir: where generated frames and graphs are cached; default
+            ``{trainer.default_root_dir}/data``.
+        dtype: floating dtype of the graphs, ``float32`` or ``float64``.
+        on_isolated: ``error`` or ``ignore`` atoms with no neighbour within the cutoff.
+
+    After ``setup``: ``train_set``, ``val_set``, ``test_set``, ``statistics``
+    (a ``DatasetStatistics`` of the training split) and ``split_indices`` (the frame indices).
+    """
+
+    def __init__(
+        self,
+        cutoff: float,
+        generator: dict[str, Any] | None = None,
+        path: str | None = None,
+        sample: str | None = None,
+        energy_key: str | None = "energy",
+        forces_key: str | None = "forces",
+        stress_key: str | None = "stress",
+        require: list[Literal["energy", "forces", "stress"]] = ["energy"],  # noqa: B006
+        split: list[int] | list[float] = [0.8, 0.1, 0.1],  # noqa: B006
+        seed: int | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        train_transforms: list[BaseTransform] | None = None,
+        cache_dir: str | None = None,
+        dtype: Literal["float32", "float64"] = "float32",
+        on_isolated: Literal["error", "ignore"] = "error",
+    ) -> None:
+        super().__init__()
+        given = [name for name, value in (("generator", generator), ("path", path), ("sample", sample)) if value]
+        if len(given) != 1:
+            raise ValueError(
+                "data: give exactly one of 'generator', 'path' or 'sample'"
+                + (f" (got {given})" if given else " (got none)")
+            )
+        if not (cutoff > 0):
+            raise ValueError(f"data.cutoff must be a positive number of Å, got {cutoff!r}")
+        if generator is not None and "name" not in generator:
+            raise ValueError(f"data.generator needs a 'name' key, got {sorted(generator)}")
+        if len(split) not in (2, 3):
+            raise ValueError(f"data.split: give 2 (train, val) or 3 (train, val, test) entries, got {split}")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.save_hyperparameters(ignore=["train_transforms"])
+        self.cutoff = float(cutoff)
+        self.generator = dict(generator) if generator is not None else None
+        self.path = path
+        self.sample = sample
+        self.keys = {"energy_key": energy_key, "forces_key": forces_key, "stress_key": stress_key}
+        self.require = tuple(require)
+        self.split = list(split)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.train_transforms = list(train_transforms or [])
+        self.cache_dir = cache_dir
+        self.dtype = getattr(torch, dtype)
+        self.on_isolated = on_isolated
+        self.dataset = None
+        self.train_set = self.val_set = self.test_set = None
+        self.statistics = None
+        self.split_indices: dict[str, list[int]] | None = None
+
+    # ------------------------------------------------------------------------- where
+    def _cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return Path(self.cache_dir)
+        root = self.trainer.default_root_dir if self._trainer_attached() else "."
+        return Path(root) / "data"
+
+    def _trainer_attached(self) -> bool:
+        return getattr(self, "trainer", None) is not None
+
+    def _source(self) -> str | Path:
+        if self.path is not None:
+            return self.path
+        if self.sample is not None:
+            from equimol.data.samples import sample_path
+
+            return sample_path(self.sample)
+        return generate_cached(self.generator, self._cache_dir(), self.seed)
+
+    # -------------------------------------------------------------------- lifecycle
+    def prepare_data(self) -> None:
+        """Generate the data once (on one process per node) before every process reads it."""
+        if self.generator is not None:
+            generate_cached(self.generator, self._cache_dir(), self.seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is not None:
+            return
+        from equimol.data import AtomsDataset, compute_statistics, split_indices
+
+        source = self._source()
+        self.dataset = AtomsDataset(
+            source,
+            self.cutoff,
+            **self.keys,
+            require=self.require,
+            dtype=self.dtype,
+            cache_dir=self._cache_dir(),
+            on_isolated=self.on_isolated,
+        )
+        if len(self.dataset) == 0:
+            raise ValueError(f"data: {source} holds no structures")
+        if len(self.dataset) < len(self.split):
+            raise ValueError(f"data: {source} has {len(self.dataset)} structures, too few to split as {self.split}")
+        if getattr(self.dataset[0], K.ENERGY, None) is None:
+            raise ValueError(
+                f"data: {source} has no energy labels under key {self.keys['energy_key']!r}; "
+                "set data.energy_key to the key that holds the total energy (eV)"
+            )
+        seed = self.seed if self.seed is not None else _global_seed()
+        parts = split_indices(len(self.dataset), self.split, seed)
+        names = ("train", "val", "test")[: len(parts)]
+        self.split_indices = {name: part.tolist() for name, part in zip(names, parts)}
+        transform = _compose(self.train_transforms)
+        self.train_set = TransformedSubset(self.dataset, self.split_indices["train"], transform)
+        self.val_set = TransformedSubset(self.dataset, self.split_indices["val"])
+        self.test_set = TransformedSubset(self.dataset, self.split_indices["test"]) if "test" in self.split_indices else None
+        self.statistics = compute_statistics(self.dataset[i] for i in self.split_indices["train"])
+        self._write_statistics(str(source))
+
+    def _write_statistics(self, source: str) -> None:
+        if not self._trainer_attached() or not self.trainer.is_global_zero:
+            return
+        folder = Path(self.trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {
+            "source": source,
+            "cutoff": self.cutoff,
+            "split_sizes": {name: len(idx) for name, idx in self.split_indices.items()},
+            "statistics": self.statistics.to_dict(),
+        }
+        (folder / "statistics.json").write_text(json.dumps(record, indent=2, default=str))
+        (folder / "split.json").write_text(json.dumps(self.split_indices))
+
+    # ------------------------------------------------------------------- loaders
+    def _loader(self, dataset: Dataset | None, shuffle: bool, batch_size: int, name: str) -> DataLoader:
+        if dataset is None:
+            raise ValueError(f"data: no {name} split; give three entries in data.split")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True, self.batch_size, "training")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False, self.eval_batch_size, "validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, False, self.eval_batch_size, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set or self.val_set, False, self.eval_batch_size, "prediction")
+
+
+def _compose(transforms: list[Callable[[Data], Data]]) -> Callable[[Data], Data] | None:
+    if not transforms:
+        return None
+    if len(transforms) == 1:
+        return transforms[0]
+    from torch_geometric.transforms import Compose
+
+    return Compose(transforms)

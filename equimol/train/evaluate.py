@@ -1,0 +1,158 @@
+"""``equimol evaluate --ckpt C --data D [--out DIR]``: error metrics and a parity plot of a
+trained potential on a data set.
+
+``D`` is a structure file (extended XYZ, ASE database, ...), ``sample:NAME`` for a data file
+shipped with equimol, or a YAML config with a ``data`` section (such as the one the model was
+trained with), whose test split (or validation split, without a test split) is evaluated.
+Writes ``metrics.json`` (MAE, RMSE, R² as in :mod:`equimol.train.metrics`) and ``parity.png``
+(predicted against true energy per atom and force components) to ``DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import Dataset
+from torch_geometric.loader import DataLoader
+from tqdm.auto import tqdm
+
+from equimol import _keys as K
+from equimol.train.metrics import PotentialMetrics
+from equimol.train.module import check_cutoffs, load_potential, model_cutoff, parity_pairs
+from equimol.train.plots import parity_figure, save_figure
+
+__all__ = ["evaluate", "evaluate_main", "load_evaluation_data"]
+
+
+def load_evaluation_data(
+    data: str | Path, cutoff: float, *, energy_key: str | None = "energy", forces_key: str | None = "forces",
+    stress_key: str | None = "stress", dtype: torch.dtype = torch.float32,
+) -> tuple[Dataset, str]:
+    """The structures to evaluate on, as graphs of radius ``cutoff``, and a description.
+
+    Args:
+        data: a structure file, ``sample:NAME``, or a YAML config with a ``data`` section.
+        cutoff: the model's cutoff, Å.
+    """
+    text = str(data)
+    if text.endswith((".yaml", ".yml")):
+        return _from_config(Path(text), cutoff)
+    from equimol.data import AtomsDataset
+
+    if text.startswith("sample:"):
+        from equimol.data.samples import sample_path
+
+        path = sample_path(text.split(":", 1)[1])
+    else:
+        path = Path(text)
+    dataset = AtomsDataset(path, cutoff, energy_key=energy_key, forces_key=forces_key,
+                           stress_key=stress_key, dtype=dtype)
+    return dataset, str(path)
+
+
+def _from_config(path: Path, cutoff: float) -> tuple[Dataset, str]:
+    from equimol.train.datamodule import AtomsDataModule
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    config = yaml.safe_load(path.read_text()) or {}
+    section = config.get("data", config)
+    init_args = section.get("init_args", section) if isinstance(section, dict) else None
+    if not isinstance(init_args, dict) or "cutoff" not in init_args:
+        raise ValueError(f"{path}: expected a 'data' section with init_args (cutoff, generator/path/sample)")
+    check_cutoffs(cutoff, init_args["cutoff"])
+    init_args = {k: v for k, v in init_args.items() if k != "train_transforms"}
+    # the same seed and data cache as the training run of this config
+    seed = config.get("seed_everything", 0)
+    if isinstance(seed, int) and not isinstance(seed, bool) and init_args.get("seed") is None:
+        init_args["seed"] = seed
+    if init_args.get("cache_dir") is None:
+        from equimol.train.cli import DEFAULT_ROOT_DIR
+
+        root = (config.get("trainer") or {}).get("default_root_dir") or DEFAULT_ROOT_DIR
+        init_args["cache_dir"] = str(Path(root) / "data")
+    datamodule = AtomsDataModule(**init_args)
+    datamodule.setup("test")
+    subset, name = (datamodule.test_set, "test") if datamodule.test_set is not None else (datamodule.val_set, "val")
+    return subset, f"{path} ({name} split)"
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path | None = None,
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Metrics of the potential in ``checkpoint`` on ``data``; writes ``metrics.json`` and
+    ``parity.png`` to ``out`` when given.
+
+    Returns:
+        ``{"metrics": {name: value}, "num_structures": int, "data": str, "checkpoint": str}``
+        with metric names as in :class:`~equimol.train.metrics.PotentialMetrics`
+        (``energy_per_atom_mae`` eV/atom, ``forces_rmse`` eV/Å, ...).
+    """
+    module = load_potential(str(checkpoint), map_location=device)
+    model = module.model.to(device).eval()
+    cutoff = model_cutoff(model)
+    if cutoff is None:
+        raise ValueError(f"{checkpoint}: the model has no 'cutoff' attribute; cannot build graphs")
+    dtype = next(model.parameters()).dtype
+    dataset, description = load_evaluation_data(data, cutoff, dtype=dtype)
+    if len(dataset) == 0:
+        raise ValueError(f"{description}: no structures to evaluate")
+    metrics = PotentialMetrics().to(device)
+    pairs: dict[str, list[np.ndarray]] = {}
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+        batch = batch.to(device)
+        with torch.enable_grad():
+            prediction = model(batch, compute_forces=getattr(batch, K.FORCES, None) is not None,
+                               compute_stress=getattr(batch, K.STRESS, None) is not None)
+        metrics.update(prediction, batch)
+        for name, values in parity_pairs(prediction, batch).items():
+            pairs.setdefault(name, []).append(values.double().numpy())
+    result = {
+        "metrics": metrics.compute(),
+        "num_structures": len(dataset),
+        "data": description,
+        "checkpoint": str(checkpoint),
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        figure = parity_figure({k: np.concatenate(v) for k, v in pairs.items()}, title=description)
+        save_figure(figure, out / "parity.png")
+    return result
+
+
+def evaluate_main(argv: list[str]) -> int:
+    """``equimol evaluate``: parse ``argv`` (the arguments after ``evaluate``) and run."""
+    parser = argparse.ArgumentParser(
+        prog="equimol evaluate",
+        description="Error metrics (JSON) and a parity plot (PNG) of a trained potential on a data set.",
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by 'equimol fit' (.ckpt)")
+    parser.add_argument("--data", required=True,
+                        help="structure file, sample:NAME, or a YAML config with a 'data' section")
+    parser.add_argument("--out", default=None, help="folder for metrics.json and parity.png (default: beside the checkpoint, evaluation/)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    args = parser.parse_args(argv)
+    out = args.out or str(Path(args.ckpt).resolve().parent.parent / "evaluation")
+    result = evaluate(args.ckpt, args.data, out, batch_size=args.batch_size, device=args.device)
+    width = max(len(name) for name in result["metrics"]) if result["metrics"] else 0
+    print(f"{result['num_structures']} structures from {result['data']}")
+    for name, value in result["metrics"].items():
+        print(f"  {name:<{width}}  {value:.6g}")
+    print(f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'parity.png'}")
+    return 0

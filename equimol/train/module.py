@@ -1,0 +1,257 @@
+"""``PotentialModule``: a LightningModule that trains any potential on energies, forces and stress.
+
+The wrapped ``model`` is any ``torch.nn.Module`` with the interface of
+``equimol.models.base.Potential``: ``model(batch, compute_forces, compute_stress)`` returns
+``energy [B]`` eV and, when asked, ``forces [N, 3]`` eV/Å and ``stress [B, 3, 3]`` eV/Å³;
+``model.set_statistics(stats)`` (optional) initialises data-dependent parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torch_geometric.data import Data
+
+from equimol import _keys as K
+from equimol.train.losses import PotentialLoss, atoms_per_structure
+from equimol.train.metrics import PotentialMetrics
+
+__all__ = ["PotentialModule", "check_cutoffs", "model_cutoff", "load_potential", "parity_pairs"]
+
+STAGES = ("train", "val", "test")
+
+
+def model_cutoff(model: nn.Module) -> float | None:
+    """The radial cutoff (Å) a model declares as ``model.cutoff``, or None."""
+    cutoff = getattr(model, "cutoff", None)
+    if isinstance(cutoff, torch.Tensor):
+        cutoff = cutoff.item()
+    return None if cutoff is None else float(cutoff)
+
+
+def check_cutoffs(model_value: float | None, data_value: float | None) -> None:
+    """Raise ``ValueError`` if the model's cutoff and the data's graph cutoff differ.
+
+    A model trained on graphs of another radius sees neighbours it was never built for
+    (or misses some), so the two must be the same number of Å.
+    """
+    if model_value is None or data_value is None:
+        return
+    if abs(float(model_value) - float(data_value)) > 1e-9:
+        raise ValueError(
+            f"cutoff mismatch: the model's cutoff is {model_value} Å but the data's graph cutoff is "
+            f"{data_value} Å; set model.init_args.model.init_args.cutoff and data.init_args.cutoff "
+            "to the same value"
+        )
+
+
+def _given_cli_hparams() -> bool:
+    """True while LightningCLI instantiates a module with its parsed config as hyperparameters."""
+    try:
+        from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # pragma: no cover - other Lightning versions
+        return False
+    return _given_hyperparameters.get() is not None
+
+
+class PotentialModule(pl.LightningModule):
+    """Trains a potential with a weighted energy-per-atom, force and stress loss.
+
+    Args:
+        model: the potential (any ``nn.Module`` with the ``Potential`` interface; in a config,
+            ``class_path`` and ``init_args`` of any importable class).
+        energy_weight: weight of the energy-per-atom term.
+        forces_weight: weight of the force term; 0 trains on energies only (then forces are
+            computed only where the data has force labels, for the metrics).
+        stress_weight: weight of the stress term.
+        loss: ``"mse"`` or ``"huber"``.
+        huber_delta: transition point of the Huber loss (eV/atom, eV/Å, eV/Å³ per term).
+        optimizer: a callable ``params -> Optimizer`` (in a config: any ``torch.optim`` class).
+        lr_scheduler: a callable ``optimizer -> scheduler``, or None for a constant rate.
+        lr_scheduler_monitor: the logged value a ``ReduceLROnPlateau`` scheduler watches.
+        apply_statistics: hand the training-set statistics to ``model.set_statistics`` before
+            the first step of a new run (they are recorded in the checkpoint either way).
+
+    Logged values (per epoch): ``{train,val,test}/loss``, the loss terms
+    ``{stage}/loss_{energy_per_atom,forces,stress}``, and the metrics of
+    :class:`~equimol.train.metrics.PotentialMetrics` as ``{stage}/{quantity}_{mae,rmse,r2}``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        energy_weight: float = 1.0,
+        forces_weight: float = 10.0,
+        stress_weight: float = 0.0,
+        loss: Literal["mse", "huber"] = "mse",
+        huber_delta: float = 0.01,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = torch.optim.lr_scheduler.ReduceLROnPlateau,
+        lr_scheduler_monitor: str = "val/loss",
+        apply_statistics: bool = True,
+    ) -> None:
+        super().__init__()
+        # Under LightningCLI the parsed config (with the model's class_path) is stored, so
+        # ``load_from_checkpoint`` rebuilds the model. Objects (a module, a partial) are never
+        # pickled into a checkpoint: it stays loadable with ``weights_only=True``.
+        self.save_hyperparameters(ignore=None if _given_cli_hparams() else ["model", "optimizer", "lr_scheduler"])
+        self.model = model
+        self.loss_fn = PotentialLoss(energy_weight, forces_weight, stress_weight, loss, huber_delta)
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lr_scheduler_monitor = lr_scheduler_monitor
+        self.apply_statistics = apply_statistics
+        self.metrics = nn.ModuleDict({f"{stage}_metrics": PotentialMetrics() for stage in STAGES})
+        self.statistics: dict[str, Any] | None = None
+        self._statistics_applied = False
+
+    def __deepcopy__(self, memo: dict) -> PotentialModule:
+        # The optimizer and scheduler factories built by the CLI reach the whole parsed run
+        # (trainer, logger, data): share them instead of copying them along with the weights
+        # (the EMA callback deep-copies this module).
+        for factory in (self.optimizer_factory, self.lr_scheduler_factory):
+            memo[id(factory)] = factory
+        return copy._reconstruct(self, memo, *self.__reduce_ex__(4))
+
+    # ----------------------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        """Check the cutoffs and, when fitting a new model, hand it the training-set statistics.
+
+        On resume the checkpoint's weights, restored after this hook, replace whatever the
+        statistics initialised, so a resumed run continues from exactly the saved state.
+        """
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        check_cutoffs(model_cutoff(self.model), getattr(datamodule, "cutoff", None))
+        if stage != "fit" or self._statistics_applied:
+            return
+        statistics = getattr(datamodule, "statistics", None)
+        if statistics is None:
+            return
+        if self.apply_statistics and hasattr(self.model, "set_statistics"):
+            self.model.set_statistics(statistics)
+        self.statistics = statistics.to_dict() if hasattr(statistics, "to_dict") else dict(statistics)
+        self._statistics_applied = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["equimol"] = {
+            "statistics": self.statistics,
+            "statistics_applied": self._statistics_applied,
+            "cutoff": model_cutoff(self.model),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("equimol", {})
+        self.statistics = saved.get("statistics")
+        self._statistics_applied = bool(saved.get("statistics_applied", False))
+
+    # ---------------------------------------------------------------------------- forward
+    def forward(self, batch: Data, compute_forces: bool = True, compute_stress: bool = False) -> dict[str, torch.Tensor]:
+        """The wrapped model's output: ``energy [B]``, ``forces [N, 3]``, ``stress [B, 3, 3]``."""
+        return self.model(batch, compute_forces=compute_forces, compute_stress=compute_stress)
+
+    def _predict(self, batch: Data, training: bool) -> dict[str, torch.Tensor]:
+        has = {key: getattr(batch, key, None) is not None for key in (K.FORCES, K.STRESS)}
+        if training:
+            forces = self.loss_fn.needs(K.FORCES)
+            stress = self.loss_fn.needs(K.STRESS)
+        else:  # evaluate whatever has labels, for the metrics
+            forces = self.loss_fn.needs(K.FORCES) or has[K.FORCES]
+            stress = self.loss_fn.needs(K.STRESS) or has[K.STRESS]
+        # Lightning runs validation and test without gradients; forces need them.
+        with torch.enable_grad():
+            return self(batch, compute_forces=forces, compute_stress=stress)
+
+    def _step(self, batch: Data, stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        prediction = self._predict(batch, training=stage == "train")
+        terms = self.loss_fn(prediction, batch)
+        batch_size = int(batch.num_graphs) if hasattr(batch, "num_graphs") else 1
+        loss = terms.pop("loss")
+        self.log(f"{stage}/loss", loss, batch_size=batch_size, sync_dist=True,
+                 prog_bar=stage != "test", on_step=False, on_epoch=True)
+        for name, value in terms.items():
+            self.log(f"{stage}/loss_{name}", value, batch_size=batch_size, sync_dist=True,
+                     on_step=False, on_epoch=True)
+        metrics = self.metrics[f"{stage}_metrics"]
+        updated = metrics.update(prediction, batch)
+        for name, metric in metrics.metrics_of(updated).items():
+            self.log(f"{stage}/{name}", metric, batch_size=batch_size, on_step=False, on_epoch=True)
+        return loss, prediction
+
+    def training_step(self, batch: Data, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._step(batch, "train")
+        return loss
+
+    def validation_step(self, batch: Data, batch_idx: int) -> dict[str, torch.Tensor]:
+        _, prediction = self._step(batch, "val")
+        return parity_pairs(prediction, batch)
+
+    def test_step(self, batch: Data, batch_idx: int) -> dict[str, torch.Tensor]:
+        _, prediction = self._step(batch, "test")
+        return parity_pairs(prediction, batch)
+
+    def predict_step(self, batch: Data, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Predictions of a batch: ``energy [B]`` eV, ``forces [N, 3]`` eV/Å, ``n_atoms [B]``."""
+        with torch.enable_grad():
+            out = self(batch, compute_forces=True, compute_stress=getattr(batch, K.STRESS, None) is not None)
+        result = {key: value.detach() for key, value in out.items() if key in K.LABEL_KEYS}
+        result["n_atoms"] = atoms_per_structure(batch).long()
+        return result
+
+    # -------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.model.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = self.lr_scheduler_monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def parity_pairs(prediction: dict[str, torch.Tensor], batch: Data) -> dict[str, torch.Tensor]:
+    """Predicted and true values for a parity plot, detached on the CPU.
+
+    Returns ``energy_per_atom [B, 2]`` (eV/atom) and, where labelled, ``forces [3N, 2]`` (eV/Å),
+    column 0 predicted, column 1 true.
+    """
+    pairs: dict[str, torch.Tensor] = {}
+    target = getattr(batch, K.ENERGY, None)
+    if target is not None and K.ENERGY in prediction:
+        n_atoms = atoms_per_structure(batch)
+        pairs["energy_per_atom"] = torch.stack(
+            [prediction[K.ENERGY].detach() / n_atoms, target.reshape(-1) / n_atoms], dim=1
+        ).cpu()
+    target = getattr(batch, K.FORCES, None)
+    if target is not None and K.FORCES in prediction:
+        pairs["forces"] = torch.stack(
+            [prediction[K.FORCES].detach().reshape(-1), target.reshape(-1)], dim=1
+        ).cpu()
+    return pairs
+
+
+def load_potential(
+    checkpoint_path: str, map_location: str | torch.device = "cpu", model: nn.Module | None = None
+) -> PotentialModule:
+    """A :class:`PotentialModule` from a checkpoint written by ``equimol fit`` (or a Trainer).
+
+    The weights are those stored as ``state_dict`` (the EMA weights when the EMA callback
+    was on). A checkpoint of a run started from Python (not from a config) does not record
+    how to build the model: pass an instance of the same architecture as ``model``.
+    """
+    kwargs = {} if model is None else {"model": model}
+    try:
+        module = PotentialModule.load_from_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
+    except TypeError as error:
+        if model is None and "model" in str(error):
+            raise TypeError(
+                f"{checkpoint_path}: the checkpoint does not say how to build its model (it was not "
+                "trained from a config); pass model=<an instance of the same architecture>"
+            ) from error
+        raise
+    return module.eval()

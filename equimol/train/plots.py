@@ -1,0 +1,91 @@
+"""Figures of a training run: parity plots of energies and forces, loss curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["parity_figure", "loss_curve_figure", "figure_to_array", "save_figure"]
+
+_UNITS = {"energy_per_atom": "eV/atom", "energy": "eV", "forces": "eV/Å", "stress": "eV/Å³"}
+_TITLES = {"energy_per_atom": "energy per atom", "energy": "energy", "forces": "force components",
+           "stress": "stress components"}
+
+
+def parity_figure(pairs: Mapping[str, np.ndarray], title: str = "") -> Figure:
+    """Predicted against true values, one panel per quantity.
+
+    Args:
+        pairs: quantity name (``energy_per_atom``, ``forces``...) -> array ``[M, 2]``,
+            column 0 predicted, column 1 true.
+        title: figure title (for example ``"val, epoch 12"``).
+    """
+    names = [name for name in pairs if len(pairs[name])]
+    fig = _figure(figsize=(4.2 * max(len(names), 1), 4.0))
+    axes = fig.subplots(1, max(len(names), 1), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        values = np.asarray(pairs[name], dtype=np.float64)
+        predicted, true = values[:, 0], values[:, 1]
+        low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+        pad = 0.05 * (high - low or 1.0)
+        ax.plot([low - pad, high + pad], [low - pad, high + pad], color="0.6", lw=1)
+        ax.scatter(true, predicted, s=6, alpha=0.6, edgecolors="none")
+        mae = float(np.abs(predicted - true).mean())
+        rmse = float(np.sqrt(((predicted - true) ** 2).mean()))
+        unit = _UNITS.get(name, "")
+        ax.set_title(f"{_TITLES.get(name, name)}\nMAE {mae:.3g}, RMSE {rmse:.3g} {unit}")
+        ax.set_xlabel(f"true ({unit})")
+        ax.set_ylabel(f"predicted ({unit})")
+        ax.set_aspect("equal", adjustable="datalim")
+    if not names:
+        axes[0, 0].text(0.5, 0.5, "no labelled data", ha="center", va="center")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curve_figure(history: Mapping[str, Sequence[tuple[int, float]]]) -> Figure:
+    """Loss against epoch on a log scale, one line per series (``train/loss``, ``val/loss``...).
+
+    Args:
+        history: series name -> list of ``(epoch, value)``.
+    """
+    fig = _figure(figsize=(5.5, 4.0))
+    ax = fig.subplots()
+    for name, points in history.items():
+        if points:
+            epochs, values = zip(*points)
+            ax.plot(epochs, values, marker="o", ms=3, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """The rendered figure as an ``[H, W, 3]`` uint8 RGB image (for ``logger.log_image``)."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as PNG to ``path`` (creating folders)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+    """A figure drawn by the Agg canvas, outside pyplot: it never touches the user's backend
+    (a notebook's inline plots keep working) and needs no closing."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig

@@ -1,0 +1,98 @@
+"""Training reaches a real accuracy on Lennard-Jones data, and MD with the trained model
+conserves energy through the ASE calculator."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from ase import units
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.verlet import VelocityVerlet
+from torch_geometric.data import Data
+
+from equimol import _keys as K
+from equimol.calculator import EquimolCalculator
+from equimol.data.graph import edge_vectors
+from equimol.models.base import Potential, num_structures, structure_index
+from equimol.train import EMA, AtomsDataModule, PotentialModule
+
+CUTOFF = 3.0  # every pair of the rattled 8-atom cluster is within 3 sigma
+
+
+class InversePowerPair(Potential):
+    """A user's own model: ``E = sum_{i<j} sum_k c_k r^-k`` with learnable ``c_k``.
+
+    Lennard-Jones (``c_12 = 4, c_6 = -4``, reduced units) lies in its span, so a correct
+    training loop must drive the force error close to zero.
+    """
+
+    def __init__(self, cutoff: float, powers: list[int] = [6, 12]) -> None:  # noqa: B006
+        super().__init__()
+        self.cutoff = cutoff
+        self.register_buffer("powers", torch.tensor(powers, dtype=torch.float32))
+        self.coefficients = torch.nn.Parameter(torch.zeros(len(powers)))
+
+    def energy(self, data: Data, pos: torch.Tensor, cell: torch.Tensor) -> dict[str, torch.Tensor]:
+        vectors = edge_vectors(pos, data.edge_index, data.edge_shift, cell, getattr(data, "batch", None))
+        r = torch.linalg.vector_norm(vectors, dim=-1)
+        pair = 0.5 * (r[:, None] ** -self.powers.to(r.dtype) * self.coefficients.to(r.dtype)).sum(-1)
+        per_atom = torch.zeros(len(pos), dtype=pos.dtype, device=pos.device).index_add(0, data.edge_index[1], pair)
+        energy = torch.zeros(num_structures(data), dtype=pos.dtype, device=pos.device)
+        return {K.ENERGY: energy.index_add(0, structure_index(data), per_atom)}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lj")
+    pl.seed_everything(0)
+    datamodule = AtomsDataModule(
+        cutoff=CUTOFF,
+        generator={"name": "lj-cluster", "n_atoms": 8, "n_frames": 200, "rattle_std": 0.05, "seed": 0},
+        split=[120, 40, 40],
+        batch_size=20,
+        cache_dir=str(root / "data"),
+    )
+    module = PotentialModule(
+        InversePowerPair(CUTOFF),
+        energy_weight=1.0,
+        forces_weight=1.0,
+        optimizer=functools.partial(torch.optim.Adam, lr=0.2),
+        lr_scheduler=None,
+    )
+    trainer = pl.Trainer(
+        max_epochs=40, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, inference_mode=False, callbacks=[EMA(decay=0.9)], default_root_dir=root,
+    )
+    trainer.fit(module, datamodule)
+    metrics = trainer.test(module, datamodule, verbose=False)[0]
+    forces = torch.cat([datamodule.test_set[i].forces for i in range(len(datamodule.test_set))])
+    return module, datamodule, metrics, float(forces.pow(2).mean().sqrt())
+
+
+def test_lennard_jones_force_error_is_below_two_percent_of_force_rms(trained):
+    module, _, metrics, force_rms = trained
+    assert metrics["test/forces_mae"] < 0.02 * force_rms, (metrics["test/forces_mae"], force_rms)
+    assert metrics["test/energy_r2"] > 0.99
+    # and the fitted coefficients are Lennard-Jones's: c_6 = -4, c_12 = 4
+    np.testing.assert_allclose(module.model.coefficients.detach().numpy(), [-4.0, 4.0], rtol=0.01)
+
+
+def test_nve_md_with_trained_model_conserves_energy(trained):
+    """VelocityVerlet, dt = 0.002 (reduced time), 500 steps, float64 calculator:
+    |E(t) - E(0)| / N stays below 1e-3 epsilon per atom (the kinetic energy per atom is ~0.1)."""
+    module, datamodule, _, _ = trained
+    atoms = datamodule.dataset.atoms(datamodule.split_indices["test"][0])
+    atoms.calc = EquimolCalculator(module.model, dtype=torch.float64)
+    atoms.set_masses(np.ones(len(atoms)))  # reduced units: m = 1
+    MaxwellBoltzmannDistribution(atoms, temperature_K=0.1 / units.kB, rng=np.random.default_rng(0))
+    start = atoms.get_total_energy()
+    drift = []
+    dynamics = VelocityVerlet(atoms, timestep=0.002)
+    dynamics.attach(lambda: drift.append(abs(atoms.get_total_energy() - start) / len(atoms)), interval=10)
+    dynamics.run(500)
+    assert atoms.get_kinetic_energy() / len(atoms) > 0.01  # the cluster really moves
+    assert max(drift) < 1e-3, max(drift)

@@ -1,0 +1,131 @@
+"""Loss terms and metrics against direct NumPy computations; energy-only training; EMA."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch_geometric.data import Batch, Data
+
+from equimol.train import EMA, PotentialLoss, PotentialMetrics
+
+
+def _batch(rng, sizes=(3, 5), stress=False) -> Batch:
+    graphs = []
+    for n in sizes:
+        data = Data(pos=torch.tensor(rng.normal(size=(n, 3))), z=torch.ones(n, dtype=torch.long),
+                    energy=torch.tensor([rng.normal()]), forces=torch.tensor(rng.normal(size=(n, 3))))
+        if stress:
+            data.stress = torch.tensor(rng.normal(size=(1, 3, 3)))
+        graphs.append(data)
+    return Batch.from_data_list(graphs)
+
+
+def _prediction(rng, batch: Batch) -> dict[str, torch.Tensor]:
+    return {"energy": batch.energy + torch.tensor(rng.normal(size=batch.num_graphs)),
+            "forces": batch.forces + torch.tensor(rng.normal(size=batch.forces.shape)),
+            "stress": torch.tensor(rng.normal(size=(batch.num_graphs, 3, 3)))}
+
+
+def test_loss_is_weighted_sum_of_per_atom_energy_force_and_stress_mse(rng):
+    batch = _batch(rng, stress=True)
+    pred = _prediction(rng, batch)
+    loss = PotentialLoss(energy_weight=2.0, forces_weight=3.0, stress_weight=5.0)(pred, batch)
+    n = np.array([3.0, 5.0])
+    e = ((pred["energy"] - batch.energy).numpy() / n) ** 2
+    f = ((pred["forces"] - batch.forces).numpy()) ** 2
+    s = ((pred["stress"] - batch.stress).numpy()) ** 2
+    assert loss["energy_per_atom"].item() == pytest.approx(e.mean())
+    assert loss["forces"].item() == pytest.approx(f.mean())
+    assert loss["loss"].item() == pytest.approx(2 * e.mean() + 3 * f.mean() + 5 * s.mean())
+
+
+def test_huber_loss_is_linear_for_large_errors(rng):
+    batch = _batch(rng)
+    pred = {"energy": batch.energy + 100.0 * torch.tensor([3.0, 5.0], dtype=torch.float64)}
+    loss = PotentialLoss(forces_weight=0.0, kind="huber", huber_delta=0.5)(pred, batch)
+    assert loss["loss"].item() == pytest.approx(0.5 * (100.0 - 0.25))
+
+
+def test_energy_only_loss_needs_no_forces_and_missing_labels_are_named(rng):
+    batch = _batch(rng)
+    del batch.forces
+    pred = {"energy": batch.energy + 1.0}
+    assert set(PotentialLoss(forces_weight=0.0)(pred, batch)) == {"energy_per_atom", "loss"}
+    with pytest.raises(KeyError, match="forces"):
+        PotentialLoss(forces_weight=1.0)(pred, batch)
+
+
+def test_metrics_match_numpy_over_several_batches(rng):
+    metrics = PotentialMetrics()
+    errors_e, errors_f, energies, predicted = [], [], [], []
+    for _ in range(3):
+        batch = _batch(rng)
+        pred = _prediction(rng, batch)
+        assert set(metrics.update(pred, batch)) == {"energy", "energy_per_atom", "forces"}
+        errors_e.append((pred["energy"] - batch.energy).numpy())
+        errors_f.append((pred["forces"] - batch.forces).numpy().ravel())
+        energies.append(batch.energy.numpy())
+        predicted.append(pred["energy"].numpy())
+    values = metrics.compute()
+    e, f = np.concatenate(errors_e), np.concatenate(errors_f)
+    true, pred = np.concatenate(energies), np.concatenate(predicted)
+    assert values["energy_mae"] == pytest.approx(np.abs(e).mean())
+    assert values["energy_rmse"] == pytest.approx(np.sqrt((e**2).mean()))
+    assert values["forces_mae"] == pytest.approx(np.abs(f).mean())
+    assert values["forces_rmse"] == pytest.approx(np.sqrt((f**2).mean()))
+    r2 = 1 - ((pred - true) ** 2).sum() / ((true - true.mean()) ** 2).sum()
+    assert values["energy_r2"] == pytest.approx(r2)
+    assert "stress_mae" not in values  # no stress labels, no stress metric
+
+
+def test_ema_weights_are_used_for_validation_and_saved_as_state_dict(tmp_path):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from equimol.models.pair import PairNN
+    from equimol.train import AtomsDataModule, PotentialModule
+
+    pl.seed_everything(0)
+    datamodule = AtomsDataModule(cutoff=2.5, generator={"name": "lj-cluster", "n_frames": 20, "seed": 0},
+                                 split=[16, 4], batch_size=4, cache_dir=str(tmp_path / "data"))
+    module = PotentialModule(PairNN(cutoff=2.5, hidden=[8]), lr_scheduler=None,
+                             optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    ema = EMA(decay=0.5, warmup=False)
+    saver = ModelCheckpoint(dirpath=tmp_path, filename="step3", every_n_train_steps=3, save_top_k=-1)
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         inference_mode=False, callbacks=[ema, saver], default_root_dir=tmp_path)
+    trainer.fit(module, datamodule)
+    checkpoint = torch.load(tmp_path / "step3.ckpt", weights_only=True)
+    name = "model.net.0.weight" if "model.net.0.weight" in checkpoint["state_dict"] else next(
+        k for k in checkpoint["state_dict"] if k.endswith("weight"))
+    averaged, current = checkpoint["state_dict"][name], checkpoint["current_model_state"][name]
+    assert not torch.allclose(averaged, current)  # three SGD steps moved the raw weights
+    assert int(checkpoint["averaging_state"]["n_averaged"]) == 3
+    # after fitting, the module carries the averaged weights
+    torch.testing.assert_close(module.state_dict()[name], averaged)
+
+
+def test_ema_handles_models_whose_deep_copy_has_extra_buffers(tmp_path):
+    """e3nn's generated code gives a deep copy of a tensor product extra constant buffers;
+    averaging, validation swaps and checkpoints match parameters by name and still work."""
+    from equimol.models.equivariant import EquivariantPotential
+    from equimol.train import AtomsDataModule, PotentialModule
+    from equimol.train.module import load_potential
+
+    pl.seed_everything(0)
+    datamodule = AtomsDataModule(cutoff=2.5, generator={"name": "lj-cluster", "n_frames": 12, "seed": 0},
+                                 split=[8, 4], batch_size=4, cache_dir=str(tmp_path / "data"))
+    model = EquivariantPotential(["Ar"], cutoff=2.5, l_max=2, channels=4, num_layers=3)
+    module = PotentialModule(model, lr_scheduler=None)
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         inference_mode=False, callbacks=[EMA(decay=0.9)], default_root_dir=tmp_path,
+                         enable_checkpointing=False)
+    trainer.fit(module, datamodule)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    template = EquivariantPotential(["Ar"], cutoff=2.5, l_max=2, channels=4, num_layers=3)
+    restored = load_potential(str(tmp_path / "model.ckpt"), model=template)
+    for name, value in module.model.state_dict().items():
+        torch.testing.assert_close(restored.model.state_dict()[name], value)
