@@ -124,8 +124,10 @@ class AtomsDataModule(pl.LightningDataModule):
             ``emt-md``, ``molecule-md``); its ``seed`` defaults to ``seed``.
         path: a structure file (extended XYZ or anything ASE reads) or an ASE database.
         sample: the name of a data file shipped with equimol (``ethanol_gfn2``).
-        energy_key, forces_key, stress_key: where the labels are in the frames (``atoms.info``,
-            ``atoms.arrays`` or calculator results); None leaves that label out.
+        energy_key: where the energy label is in the frames (``atoms.info`` or calculator
+            results); None leaves it out.
+        forces_key: where the force labels are (``atoms.arrays`` or calculator results).
+        stress_key: where the stress label is (``atoms.info`` or calculator results).
         require: labels every frame must have.
         split: fractions (``[0.8, 0.1, 0.1]``) or sizes (``[400, 50, 50]``) of the training,
             validation and (optional third entry) test sets.
