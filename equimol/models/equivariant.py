@@ -97,6 +97,7 @@ class AtomicEnergyNetwork(nn.Module):
         scales: list[float],
         shifts: list[float],
         trainable_scale_shift: bool,
+        tensor_product: str = "fused",
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -119,6 +120,7 @@ class AtomicEnergyNetwork(nn.Module):
                 num_radial_basis,
                 radial_hidden=(radial_hidden,),
                 avg_num_neighbors=avg_num_neighbors,
+                tensor_product=tensor_product,
             )
             layers.append(block)
             irreps = block.irreps_out
@@ -155,6 +157,10 @@ class EquivariantPotential(Potential):
             used as the initial per-species shifts (0 for elements not listed).
         energy_scale: initial per-species scale of the network output, eV.
         trainable_scale_shift: learn the per-species scales and shifts.
+        tensor_product: how the convolutions evaluate their tensor products: ``"fused"``
+            (default, :class:`~equimol.nn.FusedTensorProduct`) or ``"e3nn"``
+            (``o3.TensorProduct``): the same numbers to float round-off, the fused one
+            faster. The parameters are the same, so a state dict loads into either.
 
     ``energy(data, pos, cell)`` returns ``energy [B]`` eV and ``per_atom_energy [N]`` eV.
     """
@@ -173,6 +179,7 @@ class EquivariantPotential(Potential):
         reference_energies: dict[str | int, float] | None = None,
         energy_scale: float = 1.0,
         trainable_scale_shift: bool = True,
+        tensor_product: str = "fused",
     ) -> None:
         super().__init__()
         if cutoff <= 0 or not math.isfinite(cutoff):
@@ -195,6 +202,7 @@ class EquivariantPotential(Potential):
             scales=[float(energy_scale)],
             shifts=shifts,
             trainable_scale_shift=trainable_scale_shift,
+            tensor_product=tensor_product,
         )
         z_to_type = torch.full((_MAX_Z + 1,), -1, dtype=torch.long)
         z_to_type[torch.tensor(self.atomic_numbers)] = torch.arange(len(self.atomic_numbers))

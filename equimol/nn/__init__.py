@@ -9,6 +9,7 @@ messages flow from ``edge_index[0]`` (neighbour j) to ``edge_index[1]`` (centre 
 from equimol.nn._convolution import TensorProductConv, reachable_irreps
 from equimol.nn._cutoff import CosineCutoff, PolynomialCutoff
 from equimol.nn._embedding import SpeciesEmbedding
+from equimol.nn._fast_tp import FusedTensorProduct
 from equimol.nn._gate import Gate
 from equimol.nn._interaction import InteractionBlock
 from equimol.nn._radial import BesselBasis, GaussianBasis, RadialEmbedding
@@ -24,6 +25,7 @@ __all__ = [
     "SphericalHarmonicEdgeEmbedding",
     "SpeciesEmbedding",
     "TensorProductConv",
+    "FusedTensorProduct",
     "reachable_irreps",
     "Gate",
     "InteractionBlock",

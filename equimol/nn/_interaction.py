@@ -31,6 +31,7 @@ class InteractionBlock(nn.Module):
         radial_hidden: hidden widths of the radial MLP.
         avg_num_neighbors: neighbour normalisation of the convolution.
         residual: add the input to the output when the irreps match.
+        tensor_product: ``"fused"`` (default) or ``"e3nn"``, see :class:`~equimol.nn.TensorProductConv`.
 
     Shapes:
         same as :class:`~equimol.nn.TensorProductConv`: ``-> [N, irreps_out.dim]``.
@@ -45,6 +46,7 @@ class InteractionBlock(nn.Module):
         radial_hidden: Sequence[int] = (64,),
         avg_num_neighbors: float = 1.0,
         residual: bool = True,
+        tensor_product: str = "fused",
     ) -> None:
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
@@ -55,7 +57,13 @@ class InteractionBlock(nn.Module):
             )
         self.gate = Gate(irreps_out)
         self.conv = TensorProductConv(
-            self.irreps_in, irreps_edge, self.gate.irreps_in, num_radial, radial_hidden, avg_num_neighbors
+            self.irreps_in,
+            irreps_edge,
+            self.gate.irreps_in,
+            num_radial,
+            radial_hidden,
+            avg_num_neighbors,
+            tensor_product=tensor_product,
         )
         self.self_interaction = o3.Linear(self.gate.irreps_out, self.gate.irreps_out)
         self.irreps_out = self.gate.irreps_out

@@ -1,0 +1,413 @@
+"""equimol beside NequIP and MACE: speed, floating-point work and the ratio table.
+
+The peer harness (a folder with ``bench_infer.py``, ``infer.sh``, ``make_data.py``; pass it as
+``--harness DIR`` or ``$PEER_HARNESS``) trains and times NequIP and MACE on the same data; its
+outputs live under ``$PEERBENCH`` (default ``./.peerbench``). This script puts equimol through
+the same steps:
+
+``speed``
+    In one process, with one thread: the 108-atom fcc Cu cell (or the ethanol molecule) of
+    the harness through the ASE calculator (neighbour list included), e3nn tensor products against the fused ones,
+    eager and ``torch.compile``-d, as medians of CPU time and of wall time, with the load
+    average; and the matrix-product work of one energy+forces call and of one training step
+    (``torch.utils.flop_counter``) against a 100 GFLOP/s single-core floor. Needs no data.
+``train``
+    ``equimol fit`` with ``configs/peers/{cu,etoh}.yaml`` (the harness's matched settings)
+    on ``$PEERBENCH/data/{system}_train.xyz`` for a wall-clock budget.
+``infer``
+    The harness's ``bench_infer.py`` on a trained model (``--peer py:peers:calculator``):
+    accuracy on ``{system}_val.xyz`` and the median time of 30 energy+forces calls.
+``table``
+    The ratio table: equimol's results against the peers' results of the same sitting
+    when ``$PEERBENCH/results`` holds them, otherwise against the harness's published table.
+
+    python benchmarks/peers.py speed [--system cu|etoh] [--repeats 20] [--no-compile]
+    python benchmarks/peers.py train --system cu --budget 600
+    python benchmarks/peers.py infer --system cu --model runs/peers_cu/checkpoints/best.ckpt
+    python benchmarks/peers.py table --system cu
+
+``calculator(model_path)`` is the factory ``bench_infer.py --peer py:peers:calculator`` calls
+(with ``benchmarks/`` on ``PYTHONPATH``); ``$EQUIMOL_TENSOR_PRODUCT`` (``fused``, the default
+here, or ``e3nn``) and ``$EQUIMOL_COMPILE`` (``1`` to ``torch.compile`` the network) choose the
+path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import ase.build
+import numpy as np
+import torch
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+FLOOR_FLOPS = 100e9  # float32 matrix product, one core, as measured by the harness
+MATCHED = dict(cutoff=5.0, l_max=1, parity=True, channels=32, num_layers=2, num_radial_basis=8)
+
+# The harness's published table (1 thread, one sitting): ms per energy+forces call and
+# training seconds per epoch of 100 steps at batch 5; accuracy after 600 s of training.
+# NequIP AOTI: NequIP 0.19.1 compiled with AOTInductor; MACE l<=1: MACE 0.3.16, edge l <= 1.
+PUBLISHED = {
+    "cu": {
+        "NequIP AOTI": dict(ms=17.5, epoch_s=36.4, e_mae=0.75, f_mae=3.2, atoms=108),
+        "NequIP eager": dict(ms=27.4, epoch_s=None, e_mae=0.75, f_mae=3.2, atoms=108),
+        "MACE l<=1": dict(ms=59.9, epoch_s=65.8, e_mae=2.74, f_mae=4.4, atoms=108),
+    },
+    "etoh": {
+        "NequIP AOTI": dict(ms=0.86, epoch_s=2.06, e_mae=1.40, f_mae=25.2, atoms=9),
+        "NequIP eager": dict(ms=4.35, epoch_s=None, e_mae=1.40, f_mae=25.2, atoms=9),
+        "MACE l<=1": dict(ms=10.5, epoch_s=3.34, e_mae=3.74, f_mae=19.5, atoms=9),
+    },
+}
+TARGETS = {"inference": 1.75, "training": 1.8}
+
+
+# --------------------------------------------------------------------------- calculator
+
+
+def use_tensor_product(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    """Switch every :class:`~equimol.nn.TensorProductConv` in ``model`` to ``name`` (same weights)."""
+    from equimol.nn import TensorProductConv
+
+    for module in model.modules():
+        if isinstance(module, TensorProductConv):
+            module.set_tensor_product(name)
+    return model
+
+
+def calculator(model_path: str):
+    """ASE calculator for the harness: ``bench_infer.py --peer py:peers:calculator``.
+
+    Loads a checkpoint of ``equimol fit`` (or an exported model), switches its convolutions to
+    ``$EQUIMOL_TENSOR_PRODUCT`` (default ``fused``) and, with ``$EQUIMOL_COMPILE=1``, compiles
+    the network with ``torch.compile(dynamic=True)`` (the first call then takes minutes).
+    """
+    from equimol.calculator import EquimolCalculator
+
+    calc = EquimolCalculator(model_path)
+    network = getattr(calc.model, "network", None)
+    if network is not None:
+        use_tensor_product(calc.model, os.environ.get("EQUIMOL_TENSOR_PRODUCT", "fused"))
+        if os.environ.get("EQUIMOL_COMPILE", "0") == "1":
+            calc.model.network = torch.compile(network, dynamic=True)
+    return calc
+
+
+# --------------------------------------------------------------------------- speed
+
+
+def copper_108(seed: int = 0) -> ase.Atoms:
+    """The harness's cell: fcc Cu 3x3x3 cubic (108 atoms, a = 3.61 Å), rattled by 0.05 Å."""
+    atoms = ase.build.bulk("Cu", "fcc", a=3.61, cubic=True).repeat((3, 3, 3))
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+def ethanol() -> ase.Atoms:
+    """The harness's molecule: ethanol (9 atoms), not periodic."""
+    atoms = ase.build.molecule("CH3CH2OH")
+    atoms.center(vacuum=5.0)
+    atoms.pbc = False
+    return atoms
+
+
+SYSTEMS = {"cu": (copper_108, ["Cu"]), "etoh": (lambda seed=0: ethanol(), ["H", "C", "O"])}
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def interleaved_medians(functions: dict[str, Callable[[], None]], repeats: int) -> dict[str, tuple[float, float]]:
+    """``{name: (median CPU-time s, median wall s)}``, the functions called in turn ``repeats`` times.
+
+    CPU time of the calling thread is the steadier number on a shared machine; wall time is
+    what a user waits. Taking the calls in turn makes the ratios fair under changing load.
+    """
+    cpu: dict[str, list[float]] = {name: [] for name in functions}
+    wall: dict[str, list[float]] = {name: [] for name in functions}
+    for function in functions.values():
+        function()
+    for _ in range(repeats):
+        for name, function in functions.items():
+            c, w = time.thread_time(), time.perf_counter()
+            function()
+            cpu[name].append(time.thread_time() - c)
+            wall[name].append(time.perf_counter() - w)
+    return {name: (statistics.median(cpu[name]), statistics.median(wall[name])) for name in functions}
+
+
+def matmul_flops(function: Callable[[], None]) -> int:
+    """Floating-point operations of the matrix products (mm, bmm, addmm...) in ``function``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        function()
+    return int(counter.get_total_flops())
+
+
+def training_step(model: torch.nn.Module, batch, seed: int = 0) -> Callable[[], None]:
+    """One optimisation step of the harness's recipe on ``batch`` (random labels of the right scale)."""
+    generator = torch.Generator().manual_seed(seed)
+    energy_label = torch.randn(int(batch.num_graphs), generator=generator)
+    force_label = 0.3 * torch.randn(batch.pos.shape, generator=generator)
+    atoms = torch.bincount(batch.batch).to(energy_label.dtype)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, amsgrad=True)
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out = model(batch, compute_forces=True)
+        loss = ((out["energy"] - energy_label) / atoms).square().mean()
+        loss = loss + 100.0 * (out["forces"] - force_label).square().mean()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def training_step_flops(model: torch.nn.Module, batch) -> int:
+    """Matrix-product FLOPs of one training step: energy, forces, force loss, backward."""
+    model.train()
+
+    def step() -> None:
+        out = model(batch, compute_forces=True)
+        loss = out["energy"].square().sum() + 100.0 * out["forces"].square().mean()
+        loss.backward()
+
+    flops = matmul_flops(step)
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return flops
+
+
+def rattled(build: Callable[..., ase.Atoms], seed: int) -> ase.Atoms:
+    atoms = build(seed)
+    atoms.rattle(0.05, seed=seed + 100)
+    return atoms
+
+
+def speed(args: argparse.Namespace) -> None:
+    from torch_geometric.data import Batch
+
+    from equimol.calculator import EquimolCalculator
+    from equimol.data.graph import atoms_to_graph
+    from equimol.models.equivariant import EquivariantPotential
+
+    torch.set_num_threads(1)
+    build, species = SYSTEMS[args.system]
+    atoms = build(args.seed)
+    graph = atoms_to_graph(atoms, MATCHED["cutoff"])
+    num_edges = graph.edge_index.shape[1]
+    torch.manual_seed(args.seed)
+    reference = EquivariantPotential(species, avg_num_neighbors=num_edges / len(atoms), **MATCHED).eval()
+    variants: dict[str, EquimolCalculator] = {}
+    for name, tensor_product, compiled in (
+        ("e3nn, eager", "e3nn", False),
+        ("fused, eager", "fused", False),
+        ("fused, torch.compile", "fused", True),
+    ):
+        if compiled and args.no_compile:
+            continue
+        model = EquivariantPotential(species, tensor_product=tensor_product, **MATCHED)
+        model.load_state_dict(reference.state_dict())
+        calc = EquimolCalculator(model.eval())
+        if compiled:
+            calc.model.network = torch.compile(calc.model.network, dynamic=True)
+        variants[name] = calc
+
+    rng = np.random.default_rng(args.seed)
+    frames = [atoms.copy() for _ in range(4)]
+    for frame in frames[1:]:
+        frame.positions += rng.normal(0.0, 1e-4, frame.positions.shape)
+
+    def call(calc: EquimolCalculator) -> Callable[[], None]:
+        state = {"i": 0}
+
+        def run() -> None:
+            frame = frames[state["i"] % len(frames)]
+            state["i"] += 1
+            calc.calculate(frame, ["energy", "forces"])
+
+        return run
+
+    energies = {}
+    for name, calc in variants.items():
+        start = time.perf_counter()
+        calc.calculate(atoms, ["energy", "forces"])
+        energies[name] = (calc.results["energy"], calc.results["forces"], time.perf_counter() - start)
+    load_before = loadavg()
+    times = interleaved_medians({name: call(calc) for name, calc in variants.items()}, args.repeats)
+    load_after = loadavg()
+
+    print(f"torch {torch.__version__}, 1 thread, float32, {args.system} {len(atoms)} atoms, {num_edges} edges "
+          f"({num_edges / len(atoms):.1f} per atom), r_max {MATCHED['cutoff']} Å, 2 layers, 32 channels, l <= 1")
+    print(f"ASE calculator energy+forces (neighbour list included), median of {args.repeats}, "
+          f"load average {load_before} -> {load_after}")
+    header = f"{'path':24} {'CPU ms':>8} {'wall ms':>8} {'atoms/s (CPU)':>14} {'x e3nn':>7} {'first call s':>13} {'max |dF| eV/Å':>14}"
+    print(header)
+    print("-" * len(header))
+    base_cpu = times["e3nn, eager"][0]
+    base_forces = energies["e3nn, eager"][1]
+    for name, (cpu, wall) in times.items():
+        d_forces = float(np.abs(energies[name][1] - base_forces).max())
+        print(f"{name:24} {1e3 * cpu:8.1f} {1e3 * wall:8.1f} {len(atoms) / cpu:14.0f} {base_cpu / cpu:7.2f} "
+              f"{energies[name][2]:13.1f} {d_forces:14.1e}")
+
+    batch = Batch.from_data_list([atoms_to_graph(rattled(build, s), MATCHED["cutoff"]) for s in range(5)])
+    steps = {}
+    for tensor_product in ("e3nn", "fused"):
+        model = EquivariantPotential(species, tensor_product=tensor_product, **MATCHED)
+        model.load_state_dict(reference.state_dict())
+        steps[f"{tensor_product}, eager"] = training_step(model, batch)
+    load_before = loadavg()
+    step_times = interleaved_medians(steps, max(3, args.repeats // 2))
+    print()
+    print(f"training step (batch of 5 x {len(atoms)} atoms, loss 1 x E/atom MSE + 100 x F MSE, backward, Adam amsgrad), "
+          f"median of {max(3, args.repeats // 2)}, load average {load_before} -> {loadavg()}")
+    header = f"{'path':24} {'CPU ms':>8} {'wall ms':>8} {'s per 100 steps (CPU)':>22} {'x e3nn':>7}"
+    print(header)
+    print("-" * len(header))
+    for name, (cpu, wall) in step_times.items():
+        print(f"{name:24} {1e3 * cpu:8.1f} {1e3 * wall:8.1f} {100 * cpu:22.1f} {step_times['e3nn, eager'][0] / cpu:7.2f}")
+
+    fused = EquivariantPotential(species, tensor_product="fused", **MATCHED)
+    fused.load_state_dict(reference.state_dict())
+    fused.eval()
+    inference = matmul_flops(lambda: fused(graph, compute_forces=True))
+    training = training_step_flops(fused, batch)
+    best = min(cpu for cpu, _ in times.values())
+    print()
+    print("matrix-product work (torch.utils.flop_counter; elementwise work not counted):")
+    print(f"  energy+forces, {len(atoms)} atoms: {inference / 1e6:7.1f} MFLOP -> {1e3 * inference / FLOOR_FLOPS:5.2f} ms at "
+          f"100 GFLOP/s; fastest path above {1e3 * best:.1f} ms = {best * FLOOR_FLOPS / inference:.1f}x the floor")
+    print(f"  training step, batch of 5: {training / 1e6:7.1f} MFLOP -> {1e3 * training / FLOOR_FLOPS:5.2f} ms at "
+          f"100 GFLOP/s; an epoch of 100 steps >= {100 * training / FLOOR_FLOPS:.2f} s")
+    nequip = PUBLISHED[args.system]["NequIP AOTI"]["ms"]
+    epoch = PUBLISHED[args.system]["NequIP AOTI"]["epoch_s"]
+    fastest_step = min(cpu for cpu, _ in step_times.values())
+    print()
+    print("against the harness's published NequIP numbers (not this sitting; peer time / equimol time):")
+    print(f"  inference: {nequip} ms per call / {1e3 * best:.1f} ms = {nequip / (1e3 * best):.2f}x "
+          f"(target {TARGETS['inference']}x)")
+    print(f"  training: {epoch} s per epoch / {100 * fastest_step:.1f} s per 100 steps = {epoch / (100 * fastest_step):.2f}x "
+          f"(target {TARGETS['training']}x)")
+
+
+# --------------------------------------------------------------------------- harness
+
+
+def peerbench() -> Path:
+    return Path(os.environ.get("PEERBENCH", Path.cwd() / ".peerbench")).resolve()
+
+
+def harness_dir(args: argparse.Namespace) -> Path:
+    folder = args.harness or os.environ.get("PEER_HARNESS")
+    if not folder or not (Path(folder) / "bench_infer.py").is_file():
+        raise SystemExit("give the peer harness folder (with bench_infer.py) as --harness DIR or $PEER_HARNESS")
+    return Path(folder).resolve()
+
+
+def train(args: argparse.Namespace) -> None:
+    data = peerbench() / "data"
+    train_file = Path(args.train_file or data / f"{args.system}_train.xyz")
+    if not train_file.is_file():
+        raise SystemExit(f"{train_file}: no training data; run the harness's make_data.py --out {data}")
+    root = Path(args.root or f"runs/peers_{args.system}")
+    budget = int(args.budget)
+    command = [
+        sys.executable, "-m", "equimol.cli", "fit",
+        "--config", str(REPOSITORY / "configs" / "peers" / f"{args.system}.yaml"),
+        "--data.init_args.path", str(train_file),
+        "--trainer.default_root_dir", str(root),
+        "--trainer.max_time", f"00:00:{budget // 60:02d}:{budget % 60:02d}",
+    ]
+    if args.max_epochs is not None:
+        command += ["--trainer.max_epochs", str(args.max_epochs)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    print(" ".join(command), flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env)
+    print(f"training took {time.perf_counter() - start:.0f} s; checkpoints in {root / 'checkpoints'}")
+
+
+def infer(args: argparse.Namespace) -> None:
+    harness = harness_dir(args)
+    results = peerbench() / "results" / ("" if args.system == "cu" else args.system)
+    results.mkdir(parents=True, exist_ok=True)
+    tag = os.environ.get("EQUIMOL_TENSOR_PRODUCT", "fused") + ("_compiled" if os.environ.get("EQUIMOL_COMPILE") == "1" else "")
+    out = results / f"infer_equimol_{tag}_t1.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPOSITORY / "benchmarks"), os.environ.get("PYTHONPATH", "")]))
+    command = [
+        sys.executable, str(harness / "bench_infer.py"), "--peer", "py:peers:calculator", "--model", str(args.model),
+        "--data", str(peerbench() / "data" / f"{args.system}_val.xyz"), "--out", str(out),
+        "--reps", str(args.reps or (30 if args.system == "cu" else 200)),
+    ]
+    print(" ".join(command), flush=True)
+    subprocess.run(command, check=True, env=env)
+    print(json.dumps(json.loads(out.read_text()), indent=1)[:2000])
+
+
+def table(args: argparse.Namespace) -> None:
+    results = peerbench() / "results" / ("" if args.system == "cu" else args.system)
+    ours = sorted(results.glob("infer_equimol_*.json")) if results.is_dir() else []
+    same_sitting = {}
+    for name, pattern in (("NequIP AOTI", "infer_nequip_t1*.json"), ("MACE l<=1", "infer_mace_t1*.json")):
+        found = sorted(results.glob(pattern)) if results.is_dir() else []
+        if found:
+            r = json.loads(found[-1].read_text())
+            same_sitting[name] = dict(ms=r["single_ms_median"], e_mae=r["E_MAE_meV_per_atom"], f_mae=r["F_MAE_meV_per_A"])
+    peers = same_sitting or {k: v for k, v in PUBLISHED[args.system].items()}
+    print(f"peers: {'same sitting, ' + str(results) if same_sitting else 'the harness published table (not this sitting)'}")
+    if not ours:
+        print(f"no equimol results in {results}; run `peers.py infer` first")
+        return
+    header = f"{'equimol run':36} {'ms/call':>8} {'E meV/atom':>10} {'F meV/Å':>8}  " + "  ".join(f"{'x ' + k:>14}" for k in peers)
+    print(header)
+    print("-" * len(header))
+    for path in ours:
+        r = json.loads(path.read_text())
+        ratios = "  ".join(f"{v['ms'] / r['single_ms_median']:14.2f}" for v in peers.values())
+        print(f"{path.stem:36} {r['single_ms_median']:8.2f} {r['E_MAE_meV_per_atom']:10.2f} {r['F_MAE_meV_per_A']:8.1f}  {ratios}")
+    print(f"(x: peer time / equimol time; targets {TARGETS['inference']}x NequIP AOTInductor for inference)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("speed", help="in-process speed of the tensor-product paths and the FLOP count")
+    p.add_argument("--system", choices=["cu", "etoh"], default="cu")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant (minutes to compile)")
+    p = sub.add_parser("train", help="equimol fit with the matched settings")
+    p.add_argument("--system", choices=["cu", "etoh"], default="cu")
+    p.add_argument("--budget", type=int, default=600, help="wall-clock seconds of training")
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--train-file", default=None, help="default: $PEERBENCH/data/{system}_train.xyz")
+    p.add_argument("--root", default=None, help="run folder; default runs/peers_{system}")
+    p = sub.add_parser("infer", help="the harness's bench_infer.py on a trained equimol model")
+    p.add_argument("--system", choices=["cu", "etoh"], default="cu")
+    p.add_argument("--model", required=True)
+    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--harness", default=None)
+    p = sub.add_parser("table", help="the ratio table")
+    p.add_argument("--system", choices=["cu", "etoh"], default="cu")
+    args = parser.parse_args()
+    {"speed": speed, "train": train, "infer": infer, "table": table}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

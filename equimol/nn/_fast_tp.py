@@ -1,0 +1,340 @@
+"""A fused tensor product for convolutions: e3nn's ``"uvu"`` product with per-edge weights,
+evaluated as one batched matrix product instead of e3nn's path-by-path code.
+
+When every entry of the first input has the same multiplicity (the hidden features of
+:class:`~equimol.models.EquivariantPotential`), features are held channel-last,
+``[D1, mul]`` per atom or edge, and all paths of an edge become one product
+``T = M(y) @ x`` with ``M(y) = y @ G``, where ``G`` holds every Clebsch-Gordan tensor times
+its path weight; the per-edge weights then multiply ``T`` once. The layout changes happen per
+atom, not per edge, and the sum over neighbours is taken before returning to e3nn's layout.
+Otherwise the product is evaluated path by path, with closed forms for the paths whose
+Clebsch-Gordan tensor is a multiple of the identity or of the Levi-Civita symbol.
+
+Layout, path normalisation and weight order are e3nn's, so the result equals
+``o3.TensorProduct`` to float round-off and the two can be swapped without touching the
+weights of the network around them.
+"""
+
+from typing import List, Sequence, Tuple
+
+import torch
+from e3nn import o3
+from e3nn.util.jit import compile_mode
+from torch import nn
+
+__all__ = ["FusedTensorProduct"]
+
+# Path kinds: which closed form the Clebsch-Gordan tensor of a path has.
+_SCALAR_LEFT = 0  # l1 = 0: C[0, j, k] = c delta_jk
+_SCALAR_RIGHT = 1  # l2 = 0: C[i, 0, k] = c delta_ik
+_DOT = 2  # l1 = l2, l_out = 0: C[i, j, 0] = c delta_ij
+_CROSS = 3  # l1 = l2 = l_out = 1: C[i, j, k] = c epsilon_ijk
+_GENERIC = 4  # anything else: einsum with C
+
+_TOL = 1e-12
+
+
+def _closed_form(l1: int, l2: int, l_out: int) -> Tuple[int, float, torch.Tensor]:
+    """The kind of path (l1, l2) -> l_out, its constant ``c`` and e3nn's Clebsch-Gordan tensor.
+
+    The closed form is checked against ``o3.wigner_3j`` (float64); a path whose tensor does not
+    have the assumed form is marked generic, so a change of basis in e3nn cannot go unnoticed.
+    """
+    cg = o3.wigner_3j(l1, l2, l_out, dtype=torch.float64)
+    if l1 == 0:
+        kind, c = _SCALAR_LEFT, float(cg[0, 0, 0])
+        template = c * torch.eye(cg.shape[1], dtype=torch.float64).unsqueeze(0)
+    elif l2 == 0:
+        kind, c = _SCALAR_RIGHT, float(cg[0, 0, 0])
+        template = c * torch.eye(cg.shape[0], dtype=torch.float64).unsqueeze(1)
+    elif l_out == 0:
+        kind, c = _DOT, float(cg[0, 0, 0])
+        template = c * torch.eye(cg.shape[0], dtype=torch.float64).unsqueeze(2)
+    elif l1 == l2 == l_out == 1:
+        kind, c = _CROSS, float(cg[0, 1, 2])
+        eps = torch.zeros(3, 3, 3, dtype=torch.float64)
+        for i, j, k in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
+            eps[i, j, k], eps[j, i, k] = 1.0, -1.0
+        template = c * eps
+    else:
+        return _GENERIC, 1.0, cg
+    if template.shape != cg.shape or not torch.allclose(template, cg, atol=_TOL, rtol=0.0):
+        return _GENERIC, 1.0, cg
+    return kind, c, cg
+
+
+@compile_mode("script")
+class FusedTensorProduct(nn.Module):
+    r"""``o3.TensorProduct`` restricted to ``"uvu"`` paths with per-sample weights, fused.
+
+    Computes, for every instruction ``(i1, i2, i_out)`` and channel ``u``,
+
+    .. math::
+        z^{(i_{out})}_{u k} \mathrel{+}= \alpha_{p}\, w_{p u} \sum_{i j} C^{l_1 l_2 l_{out}}_{ijk}
+        x^{(i_1)}_{u i}\, y^{(i_2)}_{j},
+
+    with e3nn's Clebsch-Gordan tensors ``C``, path weights ``alpha`` (its ``"component"``
+    irrep and ``"element"`` path normalisation, or whatever the instructions were given) and
+    its weight layout, so ``FusedTensorProduct(irreps...)(x, y, w)`` equals
+    ``o3.TensorProduct(irreps..., internal_weights=False, shared_weights=False)(x, y, w)``.
+
+    Args:
+        irreps_in1: irreps of ``x`` (any multiplicities).
+        irreps_in2: irreps of ``y``; every entry used by a path must have multiplicity 1
+            (spherical harmonics of an edge).
+        irreps_out: output irreps; each entry's multiplicity must equal that of the ``x``
+            entries that feed it.
+        instructions: e3nn instructions ``(i1, i2, i_out, "uvu", True[, path_weight])``.
+        irrep_normalization: as in ``o3.TensorProduct`` (default ``"component"``).
+        path_normalization: as in ``o3.TensorProduct`` (default ``"element"``).
+
+    Shapes:
+        ``x [E, irreps_in1.dim]``, ``y [E, irreps_in2.dim]``, ``weight [E, weight_numel]``
+        -> ``[E, irreps_out.dim]``.
+    """
+
+    # (kind, start in x, mul, dim1, start in y, dim2, dim_out, start in weight, output entry, start in cg)
+    paths: List[Tuple[int, int, int, int, int, int, int, int, int, int]]
+    coefficients: List[float]
+    outputs: List[Tuple[int, int, List[int]]]
+    in_entries: List[Tuple[int, int, int]]
+    channel_major: bool
+    sum_paths: bool
+    mul: int
+    num_k: int
+    num_in_components: int
+    num_out_components: int
+    g: torch.Tensor
+    cg: torch.Tensor
+
+    def __init__(
+        self,
+        irreps_in1: o3.Irreps | str,
+        irreps_in2: o3.Irreps | str,
+        irreps_out: o3.Irreps | str,
+        instructions: Sequence[tuple],
+        irrep_normalization: str | None = None,
+        path_normalization: str | None = None,
+    ) -> None:
+        super().__init__()
+        # e3nn computes the path weights (normalisation included); the fused code reuses them.
+        reference = o3.TensorProduct(
+            irreps_in1,
+            irreps_in2,
+            irreps_out,
+            instructions,
+            irrep_normalization=irrep_normalization,
+            path_normalization=path_normalization,
+            internal_weights=False,
+            shared_weights=False,
+        )
+        self._setup(reference)
+
+    @classmethod
+    def from_e3nn(cls, tp: o3.TensorProduct) -> "FusedTensorProduct":
+        """The fused equivalent of an existing e3nn tensor product (same weight layout)."""
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module._setup(tp)
+        return module
+
+    def _setup(self, tp: o3.TensorProduct) -> None:
+        if tp.internal_weights or tp.shared_weights:
+            raise NotImplementedError("FusedTensorProduct needs external per-sample weights (shared_weights=False)")
+        self.irreps_in1, self.irreps_in2, self.irreps_out = tp.irreps_in1, tp.irreps_in2, tp.irreps_out
+        self.weight_numel = int(tp.weight_numel)
+        starts1 = [s.start for s in self.irreps_in1.slices()]
+        starts2 = [s.start for s in self.irreps_in2.slices()]
+        paths: List[Tuple[int, int, int, int, int, int, int, int, int, int]] = []
+        coefficients: List[float] = []
+        cg_blocks: List[torch.Tensor] = []
+        cg_offset = 0
+        w_offset = 0
+        for ins in tp.instructions:
+            mul1, ir1 = self.irreps_in1[ins.i_in1]
+            mul2, ir2 = self.irreps_in2[ins.i_in2]
+            mul_out, ir_out = self.irreps_out[ins.i_out]
+            if ins.connection_mode != "uvu" or not ins.has_weight:
+                raise NotImplementedError(
+                    f"FusedTensorProduct supports weighted 'uvu' paths only, got {ins.connection_mode!r} "
+                    f"(has_weight={ins.has_weight})"
+                )
+            if mul2 != 1:
+                raise NotImplementedError(
+                    f"FusedTensorProduct needs multiplicity 1 in irreps_in2, got {mul2}x{ir2} in {self.irreps_in2}"
+                )
+            if mul_out != mul1:
+                raise ValueError(f"'uvu' path {mul1}x{ir1} -> {mul_out}x{ir_out}: multiplicities differ")
+            kind, c, cg = _closed_form(ir1.l, ir2.l, ir_out.l)
+            cg_start = -1
+            if kind == _GENERIC:
+                cg_start = cg_offset
+                cg_blocks.append(cg.flatten())
+                cg_offset += cg.numel()
+            paths.append(
+                (kind, starts1[ins.i_in1], mul1, ir1.dim, starts2[ins.i_in2], ir2.dim, ir_out.dim, w_offset, ins.i_out, cg_start)
+            )
+            coefficients.append(float(ins.path_weight) * c)
+            w_offset += mul1
+        if w_offset != self.weight_numel:
+            raise RuntimeError(f"weight count {w_offset} differs from e3nn's {self.weight_numel}")
+        self.paths = paths
+        self.coefficients = coefficients
+        # per output entry: (multiplicity, dimension, the paths that write into it)
+        self.outputs: List[Tuple[int, int, List[int]]] = [
+            (mul, ir.dim, [p for p, path in enumerate(paths) if path[8] == i]) for i, (mul, ir) in enumerate(self.irreps_out)
+        ]
+        self.in_entries: List[Tuple[int, int, int]] = [
+            (mul, ir.dim, start) for (mul, ir), start in zip(self.irreps_in1, starts1)
+        ]
+        self._setup_channel_major(tp)
+        cg_flat = torch.cat(cg_blocks) if cg_blocks else torch.zeros(0, dtype=torch.float64)
+        self.cg = cg_flat
+
+    def _setup_channel_major(self, tp: o3.TensorProduct) -> None:
+        """Tables of the channel-major evaluation, used when every ``x`` entry has one multiplicity.
+
+        The features of an atom or edge are held as ``[D1, mul]`` (all components of all
+        entries, then the channels), so that all paths are one batched matrix product with a
+        matrix built from the edge attributes: ``T[e, k, u] = sum_i M[e, k, i] x[e, i, u]``,
+        ``M = (y @ G)`` with ``G [dim2, K * D1]`` holding every Clebsch-Gordan tensor times its
+        path weight. ``k`` runs over the output components of every path, path after path,
+        ordered by output entry.
+        """
+        muls = {mul for mul, _ in self.irreps_in1}
+        self.channel_major = len(muls) == 1 and len(self.paths) > 0
+        self.mul = muls.pop() if self.channel_major else 0
+        d1_offsets = [0]
+        for _, ir in self.irreps_in1:
+            d1_offsets.append(d1_offsets[-1] + ir.dim)
+        d2_offsets = [s.start for s in self.irreps_in2.slices()]
+        order = sorted(range(len(tp.instructions)), key=lambda p: (tp.instructions[p].i_out, p))
+        num_k = sum(self.irreps_out[tp.instructions[p].i_out].ir.dim for p in order)
+        out_offsets = [0]
+        for _, ir in self.irreps_out:
+            out_offsets.append(out_offsets[-1] + ir.dim)
+        g = torch.zeros(self.irreps_in2.dim, num_k, d1_offsets[-1], dtype=torch.float64)
+        path_of_k: List[int] = []
+        component_of_k: List[int] = []
+        k0 = 0
+        for p in order:
+            ins = tp.instructions[p]
+            ir1, ir2, ir_out = self.irreps_in1[ins.i_in1].ir, self.irreps_in2[ins.i_in2].ir, self.irreps_out[ins.i_out].ir
+            cg = o3.wigner_3j(ir1.l, ir2.l, ir_out.l, dtype=torch.float64) * float(ins.path_weight)
+            i0, j0 = d1_offsets[ins.i_in1], d2_offsets[ins.i_in2]
+            # g[j, k, i] = C[i, j, k]
+            g[j0 : j0 + ir2.dim, k0 : k0 + ir_out.dim, i0 : i0 + ir1.dim] = cg.permute(1, 2, 0)
+            path_of_k += [p] * ir_out.dim
+            component_of_k += list(range(out_offsets[ins.i_out], out_offsets[ins.i_out] + ir_out.dim))
+            k0 += ir_out.dim
+        self.num_k = num_k
+        self.num_in_components = d1_offsets[-1]
+        self.num_out_components = out_offsets[-1]
+        # the path sums need an index_add unless every output component has exactly one path
+        self.sum_paths = component_of_k != list(range(out_offsets[-1]))
+        # float64 master copies (not buffers, so that .float() / .double() cannot round them)
+        self.g = g.reshape(self.irreps_in2.dim, -1)
+        self.register_buffer("path_of_k", torch.tensor(path_of_k, dtype=torch.long), persistent=False)
+        self.register_buffer("component_of_k", torch.tensor(component_of_k, dtype=torch.long), persistent=False)
+
+    def to_channel_major(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, irreps_in1.dim]`` (e3nn layout) -> ``[B, D1, mul]`` (components, then channels)."""
+        num = x.shape[0]
+        blocks: List[torch.Tensor] = []
+        for mul, dim, start in self.in_entries:
+            blocks.append(x.narrow(1, start, mul * dim).reshape(num, mul, dim).transpose(1, 2))
+        return torch.cat(blocks, dim=1)
+
+    def from_channel_major(self, z: torch.Tensor) -> torch.Tensor:
+        """``[B, K, mul]`` per-path outputs -> ``[B, irreps_out.dim]`` (e3nn layout, paths summed)."""
+        num = z.shape[0]
+        if self.sum_paths:
+            z = z.new_zeros((num, self.num_out_components, self.mul)).index_add(1, self.component_of_k, z)
+        blocks: List[torch.Tensor] = []
+        offset = 0
+        for mul, dim, sources in self.outputs:
+            if len(sources) == 0:
+                blocks.append(z.new_zeros((num, mul * dim)))
+            else:
+                blocks.append(z.narrow(1, offset, dim).transpose(1, 2).reshape(num, mul * dim))
+            offset += dim
+        return torch.cat(blocks, dim=1)
+
+    def _messages(self, x_cm: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Channel-major per-path products: ``x_cm [E, D1, mul]`` -> ``[E, K, mul]``."""
+        num = x_cm.shape[0]
+        matrix = torch.mm(y, self.g.to(device=y.device, dtype=y.dtype)).reshape(num, self.num_k, self.num_in_components)
+        if self.num_in_components == 1:  # scalar input (first layer): an outer product, no matmul
+            products = matrix * x_cm
+        else:
+            products = torch.bmm(matrix, x_cm)
+        w = weight.reshape(num, len(self.paths), self.mul).index_select(1, self.path_of_k)
+        return products * w
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The tensor product of ``x [E, irreps_in1.dim]`` and ``y [E, irreps_in2.dim]``
+        with per-sample weights ``[E, weight_numel]`` -> ``[E, irreps_out.dim]``."""
+        if self.channel_major:
+            return self.from_channel_major(self._messages(self.to_channel_major(x), y, weight))
+        return self._per_path(x, y, weight)
+
+    def convolve(
+        self,
+        node_features: torch.Tensor,
+        edge_attr: torch.Tensor,
+        weight: torch.Tensor,
+        edge_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """Sum over neighbours of the products: ``sum_j TP(x_j, y_ij, w_ij)`` for each centre i.
+
+        Equals ``index_add`` over ``edge_index[1]`` of ``forward(node_features[edge_index[0]], ...)``,
+        with the layout changes done per atom rather than per edge.
+
+        Shapes:
+            ``node_features [N, irreps_in1.dim]``, ``edge_attr [E, irreps_in2.dim]``,
+            ``weight [E, weight_numel]``, ``edge_index [2, E]`` -> ``[N, irreps_out.dim]``.
+        """
+        neighbour, centre = edge_index[0], edge_index[1]
+        num_nodes = node_features.shape[0]
+        if self.channel_major:
+            x_cm = self.to_channel_major(node_features).index_select(0, neighbour)
+            messages = self._messages(x_cm, edge_attr, weight)
+            summed = messages.new_zeros((num_nodes, self.num_k, self.mul)).index_add(0, centre, messages)
+            return self.from_channel_major(summed)
+        messages = self._per_path(node_features.index_select(0, neighbour), edge_attr, weight)
+        return messages.new_zeros((num_nodes, messages.shape[1])).index_add(0, centre, messages)
+
+    def _per_path(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Path by path with the closed forms (any multiplicities)."""
+        num = x.shape[0]
+        parts: List[torch.Tensor] = []
+        for p, (kind, s1, mul, d1, s2, d2, d_out, w0, i_out, cg_start) in enumerate(self.paths):
+            x1 = x.narrow(1, s1, mul * d1).reshape(num, mul, d1)
+            y2 = y.narrow(1, s2, d2)
+            w = weight.narrow(1, w0, mul) * self.coefficients[p]
+            if kind == 0:  # scalar_left
+                part = (w * x1[:, :, 0]).unsqueeze(2) * y2.unsqueeze(1)
+            elif kind == 1:  # scalar_right
+                part = (w * y2).unsqueeze(2) * x1
+            elif kind == 2:  # dot
+                part = (w * torch.einsum("eui,ei->eu", x1, y2)).unsqueeze(2)
+            elif kind == 3:  # cross
+                part = torch.linalg.cross(x1, y2.unsqueeze(1).expand(num, mul, 3), dim=2) * w.unsqueeze(2)
+            else:
+                cg = self.cg.narrow(0, cg_start, d1 * d2 * d_out).reshape(d1, d2, d_out).to(device=x.device, dtype=x.dtype)
+                part = torch.einsum("eui,ej,ijk->euk", x1, y2, cg) * w.unsqueeze(2)
+            parts.append(part.reshape(num, mul * d_out))
+        blocks: List[torch.Tensor] = []
+        for mul, dim, sources in self.outputs:
+            if len(sources) == 0:
+                blocks.append(x.new_zeros((num, mul * dim)))
+            else:
+                block = parts[sources[0]]
+                for q in sources[1:]:
+                    block = block + parts[q]
+                blocks.append(block)
+        return torch.cat(blocks, dim=1)
+
+
+    def extra_repr(self) -> str:
+        return f"{self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out}, {len(self.paths)} paths"
