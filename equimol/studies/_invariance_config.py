@@ -1,0 +1,414 @@
+"""The typed configuration of the invariance study, read from YAML by jsonargparse.
+
+Every key is checked against these dataclasses (and every model's ``init_args`` against the
+signature of its class), so a misspelt key stops the study with a message that names it.
+A config looks like ``configs/study/toy2d.yaml``::
+
+    name: invariance-toy2d
+    output_dir: runs/invariance/toy2d
+    data: {generator: toy2d, generator_args: {n_samples: 500}, cutoff: 10.0, planar: true}
+    training: {epochs: 150, batch_size: 32, lr: 0.003, seed: 0}
+    models:
+      - name: MLP(positions)
+        model:
+          class_path: equimol.models.feature_mlp.FeatureMLP
+          init_args: {n_atoms: 4, featurizer: positions}
+        augmentation: {mode: stacked, transforms: [rotation], copies: 3}
+    test_sets: [original, rotation_90, random_rotation, permutation_fixed]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+
+__all__ = [
+    "TEST_SETS",
+    "DataSettings",
+    "TrainingSettings",
+    "Augmentation",
+    "ModelEntry",
+    "LearningCurveSettings",
+    "AugmentationCostSettings",
+    "WandbSettings",
+    "InvarianceStudyConfig",
+    "config_parser",
+    "load_config",
+    "build_model",
+]
+
+#: Names of the transformed test sets, all made from the same held-out structures.
+TEST_SETS = (
+    "original",
+    "rotation_90",
+    "random_rotation",
+    "permutation_fixed",
+    "random_permutation",
+    "reflection",
+    "rotation_permutation",
+)
+
+TestSetName = Literal[
+    "original",
+    "rotation_90",
+    "random_rotation",
+    "permutation_fixed",
+    "random_permutation",
+    "reflection",
+    "rotation_permutation",
+]
+
+
+@dataclass
+class DataSettings:
+    """Where the structures come from, their graphs and the train/test split.
+
+    Exactly one of ``generator`` (a name of ``equimol.simulate.GENERATORS`` with
+    ``generator_args``), ``file`` (an extended-XYZ file or ASE database) or ``sample`` (a
+    name of ``equimol.data.samples.available_samples()``) must be given.
+
+    Attributes:
+        generator: generator name, for example ``toy2d`` or ``lj-cluster``.
+        generator_args: keyword arguments of the generator (``n_samples``, ``seed``...).
+        file: path of a structure file.
+        sample: name of a shipped sample, for example ``ethanol_gfn2``.
+        index: frames to read from ``file``/``sample`` (ASE syntax, ``":"``, ``":200"``).
+        cutoff: radius of the graphs, Å (models with a ``cutoff`` must use the same).
+        planar: the system lies in the z = 0 plane: random rotations and reflections keep it
+            there (rotations about z, mirror lines in the plane).
+        test_fraction: fraction of the structures held out for testing.
+        split_seed: seed of the train/test split.
+        dtype: floating dtype of graphs and models (``float64`` makes round-off tiny).
+    """
+
+    generator: Optional[str] = None
+    generator_args: dict[str, Any] = field(default_factory=dict)
+    file: Optional[str] = None
+    sample: Optional[str] = None
+    index: str = ":"
+    cutoff: float = 5.0
+    planar: bool = False
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    dtype: Literal["float32", "float64"] = "float64"
+
+
+@dataclass
+class TrainingSettings:
+    """How every gradient-trained model is trained (Lightning ``Trainer`` + ``PotentialModule``).
+
+    Attributes:
+        epochs: passes over the (possibly stacked) training set.
+        batch_size: structures per batch.
+        lr: initial learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        scheduler: ``cosine`` (anneal to ``lr * min_lr_ratio`` over the epochs), ``plateau``
+            (halve on a training-loss plateau) or ``none``.
+        min_lr_ratio: final learning rate of the cosine schedule, relative to ``lr``.
+        energy_weight: weight of the energy-per-atom loss term, (eV/atom)^-2.
+        forces_weight: weight of the force loss term, (eV/Å)^-2 (0: energies only).
+        standardize_features: standardise the inputs of models that offer
+            ``fit_feature_scaling`` (the feature MLPs) with the training set's features.
+        budget: ``steps``: every model makes the same number of optimizer steps,
+            ``epochs * ceil(n_train / batch_size)`` of the plain training split, so a stacked
+            set of ``k`` copies gets ``epochs / (k + 1)`` passes and a small learning-curve
+            subset more passes (compute held fixed, data varied); ``epochs``: every model
+            makes ``epochs`` passes over its own training set.
+        seed: seed of weights, batch order and augmentation.
+    """
+
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
+    min_lr_ratio: float = 0.01
+    energy_weight: float = 1.0
+    forces_weight: float = 1.0
+    standardize_features: bool = True
+    budget: Literal["steps", "epochs"] = "steps"
+    seed: int = 0
+
+
+@dataclass
+class Augmentation:
+    """How a model is shown the symmetry: not at all, by stacked copies, or online.
+
+    Attributes:
+        mode: ``none``; ``stacked`` (a fixed training set: the original structures plus
+            ``copies`` transformed copies of each, drawn once); ``online`` (a new random
+            transform of every structure every time it is loaded).
+        transforms: which symmetry operations: ``rotation`` (random, planar for 2D
+            systems), ``permutation`` (random relabelling of atoms of equal species), or both.
+        copies: number of transformed copies for ``stacked``.
+    """
+
+    mode: Literal["none", "stacked", "online"] = "none"
+    transforms: list[Literal["rotation", "permutation"]] = field(default_factory=lambda: ["rotation"])
+    copies: int = 3
+
+
+@dataclass
+class ModelEntry:
+    """One row of the results: a named model and its augmentation.
+
+    Attributes:
+        name: the row label (unique).
+        model: ``class_path`` and ``init_args`` of any ``torch.nn.Module`` with the
+            ``Potential`` interface (a user's own class included). jsonargparse checks the
+            ``init_args`` against the class's signature; :func:`load_config` keeps the entry
+            as the dict ``{class_path, init_args}``, and every training run builds a fresh
+            module from it with :func:`build_model`.
+        augmentation: see :class:`Augmentation`.
+        fit: ``gradient`` (Lightning training) or ``closed_form`` (call the model's ``fit``
+            on the training graphs, as for ``LinearModel``; no Trainer).
+        epochs: overrides ``training.epochs`` for this model.
+        lr: overrides ``training.lr`` for this model.
+    """
+
+    name: str
+    model: torch.nn.Module
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    fit: Literal["gradient", "closed_form"] = "gradient"
+    epochs: Optional[int] = None
+    lr: Optional[float] = None
+
+
+@dataclass
+class LearningCurveSettings:
+    """Test error against training-set size.
+
+    Attributes:
+        sizes: training-set sizes (nested random subsets of the training split; sizes
+            larger than the split are clipped to it).
+        models: names of the model entries to train at every size (empty: no curves).
+        test_sets: test sets whose energy MSE is recorded.
+    """
+
+    sizes: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 400])
+    models: list[str] = field(default_factory=list)
+    test_sets: list[TestSetName] = field(default_factory=lambda: ["original", "random_rotation"])
+
+
+@dataclass
+class AugmentationCostSettings:
+    """How many stacked transformed copies a model needs to reach a target error.
+
+    The entry named ``model`` is trained with ``k`` stacked copies (its ``augmentation.
+    transforms``, default rotations) for every ``k`` in ``copies``; the cost is the smallest
+    ``k`` whose energy MSE on ``test_set`` is at most the target. The target is ``target_mse``
+    (eV^2) if given, else ``target_factor`` times the MSE that the entry ``target_model``
+    reaches on ``test_set``.
+
+    Attributes:
+        model: name of the entry to augment (empty: skip this part).
+        copies: the numbers of copies to try.
+        test_set: where the error is measured.
+        transforms: the symmetry operations of the copies.
+        target_model: the entry whose error sets the target.
+        target_factor: multiple of that error accepted as "reached".
+        target_mse: an absolute target in eV^2 instead.
+        budget: ``epochs``: every ``k`` trains ``training.epochs`` passes over its stacked set,
+            so the compute grows with ``k + 1`` like the data (the time is reported);
+            ``steps``: the number of optimizer steps of the plain run for every ``k``.
+    """
+
+    model: str = ""
+    copies: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8])
+    test_set: TestSetName = "random_rotation"
+    transforms: list[Literal["rotation", "permutation"]] = field(default_factory=lambda: ["rotation"])
+    target_model: str = ""
+    target_factor: float = 1.0
+    target_mse: Optional[float] = None
+    budget: Literal["epochs", "steps"] = "epochs"
+
+
+@dataclass
+class WandbSettings:
+    """Weights & Biases logging: one run per trained model, all in the group ``name``.
+
+    Attributes:
+        enabled: log to W&B (a CSV log of every run is written either way).
+        project: W&B project.
+        offline: write runs to disk only (``wandb sync`` uploads them later).
+    """
+
+    enabled: bool = True
+    project: str = "equimol"
+    offline: bool = True
+
+
+@dataclass
+class InvarianceStudyConfig:
+    """The whole study: data, training, models, test sets, extra experiments, output.
+
+    Attributes:
+        name: study name (W&B group, figure titles).
+        output_dir: results folder (CSV, Markdown, figures, logs).
+        data: see :class:`DataSettings`.
+        training: see :class:`TrainingSettings`.
+        models: the rows of the results, see :class:`ModelEntry`.
+        test_sets: names among :data:`TEST_SETS`; ``original`` is always evaluated.
+        learning_curve: see :class:`LearningCurveSettings`.
+        augmentation_cost: see :class:`AugmentationCostSettings`.
+        wandb: see :class:`WandbSettings`.
+        figures: draw the figures.
+    """
+
+    name: str
+    models: list[ModelEntry]
+    output_dir: str = "runs/invariance"
+    data: DataSettings = field(default_factory=DataSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    test_sets: list[TestSetName] = field(default_factory=lambda: list(TEST_SETS))
+    learning_curve: LearningCurveSettings = field(default_factory=LearningCurveSettings)
+    augmentation_cost: AugmentationCostSettings = field(default_factory=AugmentationCostSettings)
+    wandb: WandbSettings = field(default_factory=WandbSettings)
+    figures: bool = True
+
+
+def config_parser() -> ArgumentParser:
+    """The parser of ``equimol study invariance``: ``--config FILE`` (YAML), ``--out DIR``
+    and any key as a flag (``--training.epochs 5``)."""
+    parser = ArgumentParser(
+        prog="equimol study invariance",
+        description="Augmentation-based against built-in invariance: train a grid of models on one "
+        "data set and evaluate each on the same transformed test sets.",
+        exit_on_error=False,
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="study config (YAML)")
+    parser.add_class_arguments(InvarianceStudyConfig, nested_key=None, fail_untyped=True)
+    parser.add_argument("--out", type=Optional[str], default=None, help="results folder (overrides output_dir)")
+    return parser
+
+
+def _to_config(namespace: Namespace) -> InvarianceStudyConfig:
+    values = namespace.as_dict()
+    out = values.pop("out", None)
+    values.pop("config", None)
+    values.pop("__path__", None)
+    if out:
+        values["output_dir"] = out
+    config = InvarianceStudyConfig(
+        name=values["name"],
+        models=[
+            ModelEntry(
+                name=entry["name"],
+                model=entry["model"],  # kept as {class_path, init_args}: built fresh per run
+                augmentation=Augmentation(**entry.get("augmentation") or {}),
+                fit=entry.get("fit", "gradient"),
+                epochs=entry.get("epochs"),
+                lr=entry.get("lr"),
+            )
+            for entry in values["models"]
+        ],
+        output_dir=values["output_dir"],
+        data=DataSettings(**values["data"]),
+        training=TrainingSettings(**values["training"]),
+        test_sets=list(values["test_sets"]),
+        learning_curve=LearningCurveSettings(**values["learning_curve"]),
+        augmentation_cost=AugmentationCostSettings(**values["augmentation_cost"]),
+        wandb=WandbSettings(**values["wandb"]),
+        figures=values["figures"],
+    )
+    validate_config(config)
+    return config
+
+
+def load_config(path: str | Path | None = None, args: Sequence[str] = ()) -> InvarianceStudyConfig:
+    """Read and check a study config.
+
+    Args:
+        path: YAML file (may be None when everything is given in ``args``).
+        args: further command-line style arguments (``["--training.epochs", "5"]``).
+
+    Returns:
+        The config; each entry's ``model`` is a dict ``{class_path, init_args}`` (validated
+        against the class's signature), built into a fresh module by :func:`build_model`.
+
+    Raises:
+        ValueError: a misspelt or unknown key, a wrong type, or inconsistent settings;
+            the message names the key.
+    """
+    argv = list(args)
+    if path is not None:
+        argv = ["--config", str(path), *argv]
+    parser = config_parser()
+    try:
+        namespace = parser.parse_args(argv)
+    except Exception as error:  # jsonargparse raises argparse.ArgumentError
+        files = [argv[k + 1] for k, arg in enumerate(argv[:-1]) if arg == "--config"]
+        where = f"{', '.join(files)}: " if files else ""
+        raise ValueError(f"{where}invalid study config: {error}") from error
+    return _to_config(namespace)
+
+
+def validate_config(config: InvarianceStudyConfig) -> None:
+    """Checks the types alone cannot make: one data source, unique names, known references."""
+    data = config.data
+    sources = [name for name in ("generator", "file", "sample") if getattr(data, name)]
+    if len(sources) != 1:
+        raise ValueError(f"data: give exactly one of generator, file or sample (got {sources or 'none'})")
+    if not 0 < data.test_fraction < 1:
+        raise ValueError(f"data.test_fraction must be in (0, 1), got {data.test_fraction}")
+    if data.cutoff <= 0:
+        raise ValueError(f"data.cutoff must be positive, got {data.cutoff}")
+    training = config.training
+    if training.epochs < 1 or training.batch_size < 1 or training.lr <= 0:
+        raise ValueError(
+            f"training: epochs, batch_size and lr must be positive, got {training.epochs}, "
+            f"{training.batch_size}, {training.lr}"
+        )
+    if not config.models:
+        raise ValueError("models: give at least one model entry")
+    names = [entry.name for entry in config.models]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"models: names must be unique, repeated: {duplicates}")
+    for entry in config.models:
+        if entry.augmentation.mode != "none" and not entry.augmentation.transforms:
+            raise ValueError(f"models[{entry.name!r}].augmentation.transforms is empty")
+        if entry.augmentation.copies < 0:
+            raise ValueError(f"models[{entry.name!r}].augmentation.copies must be >= 0")
+        if entry.fit == "closed_form" and entry.augmentation.mode == "online":
+            raise ValueError(f"models[{entry.name!r}]: a closed-form fit cannot use online augmentation")
+    for name in config.learning_curve.models:
+        if name not in names:
+            raise ValueError(f"learning_curve.models: no model entry named {name!r}; entries: {names}")
+    cost = config.augmentation_cost
+    for key in ("model", "target_model"):
+        value = getattr(cost, key)
+        if value and value not in names:
+            raise ValueError(f"augmentation_cost.{key}: no model entry named {value!r}; entries: {names}")
+    if cost.model and cost.target_mse is None and not cost.target_model:
+        raise ValueError("augmentation_cost: give target_mse or target_model")
+    if cost.model and cost.test_set not in config.test_sets:
+        raise ValueError(f"augmentation_cost.test_set {cost.test_set!r} is not among test_sets {config.test_sets}")
+    missing = [name for name in config.learning_curve.test_sets if name not in config.test_sets]
+    if config.learning_curve.models and missing:
+        raise ValueError(f"learning_curve.test_sets {missing} are not among test_sets {config.test_sets}")
+
+
+def build_model(spec: Any) -> torch.nn.Module:
+    """A new module from ``{class_path, init_args}`` (a dict or a jsonargparse Namespace).
+
+    Uses jsonargparse, so nested ``class_path`` entries inside ``init_args`` work too.
+    """
+    if isinstance(spec, torch.nn.Module):
+        raise TypeError("build_model needs a {class_path, init_args} spec, not a module instance")
+    if isinstance(spec, Namespace):
+        spec = spec.as_dict()
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--model", type=torch.nn.Module)
+    namespace = parser.parse_object({"model": spec})
+    return parser.instantiate_classes(namespace).model
+
+
+def config_to_dict(config: InvarianceStudyConfig) -> dict[str, Any]:
+    """The config as plain data (for logging and for ``config.yaml`` in the results)."""
+    return dataclasses.asdict(config)

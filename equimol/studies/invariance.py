@@ -1,0 +1,615 @@
+"""The invariance study: augmentation-based against built-in invariance, on the same data.
+
+One data set is split once (80/20, seeded); every model of the grid is trained on the
+training split (plain, or augmented with stacked or online random rotations and/or atom
+permutations) and evaluated on the same family of transformed test sets made from the
+held-out structures (see :func:`equimol.studies._invariance_data.make_test_sets`):
+``original``, ``rotation_90`` (pi/2 about z), ``random_rotation``, ``permutation_fixed``
+(``[N-1, 0, ..., N-2]``, the classroom ``[3, 0, 1, 2]`` for four atoms),
+``random_permutation``, ``reflection`` and ``rotation_permutation``.
+
+For every model and test set it reports the energy MSE and MAE (eV², eV), the force MSE and
+MAE where the data have forces (eV²/Å², eV/Å), the invariance error
+``mean_k |E(g x_k) - E(x_k)|`` (eV, predictions on the transformed against the original
+structures), the number of parameters, the training time and the epochs. It adds learning
+curves (test error against training-set size) and the cost of augmentation (the smallest
+number ``k`` of stacked transformed copies with which a non-invariant model reaches a target
+error on a transformed test set).
+
+Run it from a config::
+
+    equimol study invariance --config configs/study/toy2d.yaml [--out DIR]
+
+or from Python with :func:`run_invariance_study`. The results folder holds ``results.csv``
+(one row per model and test set), ``results.md`` (the tables), ``learning_curve.csv``,
+``augmentation_cost.csv``, ``loss_history.csv``, ``config.yaml``, ``figures/*.png`` and
+``figures.md`` (each figure's caption with the command that reproduces it). Every trained
+model of the grid is one W&B run (offline by default) in the group named after the study,
+plus one ``summary`` run with the tables and figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import yaml
+from torch_geometric.data import Data
+
+from equimol import _keys as K
+from equimol.studies import _invariance_figures as figures
+from equimol.studies._invariance_config import (
+    TEST_SETS,
+    Augmentation,
+    InvarianceStudyConfig,
+    ModelEntry,
+    build_model,
+    config_to_dict,
+    load_config,
+)
+from equimol.studies._invariance_data import build_graphs, load_frames, make_test_sets, split_graphs
+from equimol.studies._invariance_training import TrainedModel, count_parameters, labels, predict, train_model
+
+__all__ = [
+    "InvarianceStudyConfig",
+    "InvarianceStudyResult",
+    "load_config",
+    "build_model",
+    "run_invariance_study",
+    "markdown_tables",
+    "write_results",
+    "main",
+    "study_main",
+    "TEST_SETS",
+]
+
+_COLUMNS = (
+    "model", "augmentation", "fit", "n_params", "n_train", "train_seconds", "train_cpu_seconds", "epochs", "test_set",
+    "energy_mse", "energy_mae", "forces_mse", "forces_mae", "invariance_error",
+)
+
+
+@dataclass
+class InvarianceStudyResult:
+    """Everything the study measured.
+
+    Attributes:
+        config: the config it ran.
+        rows: one dict per (model, test set) with the keys of ``results.csv``: ``model``,
+            ``augmentation``, ``fit``, ``n_params``, ``n_train`` (structures in the possibly
+            stacked training set), ``train_seconds`` (wall), ``train_cpu_seconds``, ``epochs``,
+            ``test_set``,
+            ``energy_mse`` eV², ``energy_mae`` eV, ``forces_mse`` (eV/Å)², ``forces_mae`` eV/Å
+            (NaN without force labels), ``invariance_error`` eV.
+        learning_curve: one dict per (model, size): ``model``, ``n_train`` and ``mse_{set}``.
+        augmentation_cost: ``model``, ``test_set``, ``target_mse``, ``target``, ``copies``,
+            ``mse`` (one per copies entry) and ``copies_needed`` (None if never reached); or
+            None when not configured.
+        loss_history: model -> training loss per epoch.
+        predictions: model -> test set -> predicted energies ``[M]`` eV.
+        true_energy: energy labels of the test structures ``[M]`` eV.
+        output_dir: where the results were written (None before :func:`write_results`).
+        seconds: wall time of the whole study, s.
+        cpu_seconds: CPU time of the whole study (this process), s.
+    """
+
+    config: InvarianceStudyConfig
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    learning_curve: list[dict[str, Any]] = field(default_factory=list)
+    augmentation_cost: dict[str, Any] | None = None
+    loss_history: dict[str, list[float]] = field(default_factory=dict)
+    predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    true_energy: np.ndarray | None = None
+    output_dir: Path | None = None
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+    def value(self, model: str, test_set: str, metric: str = "energy_mse") -> float:
+        """One number of the results, e.g. ``value("MLP(positions)", "rotation_90")``."""
+        for row in self.rows:
+            if row["model"] == model and row["test_set"] == test_set:
+                return float(row[metric])
+        raise KeyError(f"no result for model {model!r} on test set {test_set!r}")
+
+
+# --------------------------------------------------------------------------------------
+# metrics
+
+
+def _errors(prediction: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict[str, float]:
+    diff = prediction[K.ENERGY] - truth[K.ENERGY]
+    out = {"energy_mse": float(np.mean(diff**2)), "energy_mae": float(np.mean(np.abs(diff)))}
+    if K.FORCES in truth and K.FORCES in prediction:
+        fdiff = prediction[K.FORCES] - truth[K.FORCES]
+        out.update(forces_mse=float(np.mean(fdiff**2)), forces_mae=float(np.mean(np.abs(fdiff))))
+    else:
+        out.update(forces_mse=math.nan, forces_mae=math.nan)
+    return out
+
+
+def _augmentation_label(augmentation: Augmentation, fit: str) -> str:
+    if augmentation.mode == "none":
+        return "none"
+    short = {"rotation": "rot", "permutation": "perm"}
+    what = "+".join(short[name] for name in augmentation.transforms)
+    return f"stacked {what} x{augmentation.copies}" if augmentation.mode == "stacked" else f"online {what}"
+
+
+def _evaluate(
+    trained: TrainedModel, entry: ModelEntry, test_sets: dict[str, list], truths: dict[str, dict[str, np.ndarray]]
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    predictions = {name: predict(trained.model, graphs) for name, graphs in test_sets.items()}
+    reference = predictions["original"][K.ENERGY]
+    rows = []
+    for name in test_sets:
+        row = {
+            "model": entry.name,
+            "augmentation": _augmentation_label(entry.augmentation, entry.fit),
+            "fit": entry.fit,
+            "n_params": count_parameters(trained.model),
+            "n_train": trained.n_train,
+            "train_seconds": trained.seconds,
+            "train_cpu_seconds": trained.cpu_seconds,
+            "epochs": trained.epochs,
+            "test_set": name,
+            **_errors(predictions[name], truths[name]),
+            "invariance_error": float(np.mean(np.abs(predictions[name][K.ENERGY] - reference))),
+        }
+        rows.append(row)
+    return rows, {name: p[K.ENERGY] for name, p in predictions.items()}
+
+
+# --------------------------------------------------------------------------------------
+# W&B
+
+
+def _wandb_logger(
+    config: InvarianceStudyConfig, run_name: str, out: Path, entry: ModelEntry | None = None
+) -> Any | None:
+    if not config.wandb.enabled:
+        return None
+    from pytorch_lightning.loggers import WandbLogger
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    save_dir = out / "wandb"
+    save_dir.mkdir(parents=True, exist_ok=True)
+    return WandbLogger(
+        project=config.wandb.project,
+        name=run_name,
+        group=config.name,
+        offline=config.wandb.offline,
+        save_dir=str(save_dir),
+        config={
+            "study": config.name,
+            "data": dataclasses.asdict(config.data),
+            "training": dataclasses.asdict(config.training),
+            **({"model": entry.model, "augmentation": dataclasses.asdict(entry.augmentation), "fit": entry.fit}
+               if entry is not None else {}),
+        },
+        reinit="finish_previous",
+    )
+
+
+def _finish_wandb(logger: Any | None, summary: dict[str, float]) -> None:
+    if logger is None:
+        return
+    logger.log_metrics(summary)
+    logger.experiment.finish()
+
+
+# --------------------------------------------------------------------------------------
+# the study
+
+
+def run_invariance_study(
+    config: InvarianceStudyConfig, *, log: bool = True, write: bool = True, command: str | None = None
+) -> InvarianceStudyResult:
+    """Train and evaluate the grid, the learning curves and the augmentation cost.
+
+    Args:
+        config: the study config (:func:`load_config`).
+        log: print progress lines to stderr.
+        write: write the results folder (:func:`write_results`) at ``config.output_dir``.
+        command: the command line that reproduces the study (written beside the results;
+            default ``equimol study invariance --config <output_dir>/config.yaml``).
+
+    Returns:
+        The results (also written to ``config.output_dir`` when ``write``).
+    """
+    start = (time.perf_counter(), time.process_time())
+    out = Path(config.output_dir)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+    say = (lambda text: print(f"[{config.name}] {text}", file=sys.stderr, flush=True)) if log else (lambda text: None)
+    dtype = getattr(torch, config.data.dtype)
+    with _quiet_lightning():
+        return _run(config, out, dtype, say, write, command, start)
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's per-run banners and known-harmless warnings for the many short fits."""
+    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        for pattern in (".*val_dataloader.*", ".*LeafSpec.*", ".*does not have many workers.*",
+                        ".*litlogger.*", ".*GPU available.*"):
+            warnings.filterwarnings("ignore", message=pattern)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def _run(
+    config: InvarianceStudyConfig,
+    out: Path,
+    dtype: torch.dtype,
+    say: Callable[[str], None],
+    write: bool,
+    command: str | None,
+    start: tuple[float, float],
+) -> InvarianceStudyResult:
+    frames = load_frames(config.data)
+    graphs = build_graphs(frames, config.data)
+    train, test = split_graphs(graphs, config.data)
+    names = ["original", *[name for name in config.test_sets if name != "original"]]
+    test_sets = make_test_sets(test, names, config.data.planar, config.training.seed)
+    truths = {name: labels(graphs_) for name, graphs_ in test_sets.items()}
+    say(f"{len(train)} training and {len(test)} test structures; test sets {names}")
+    result = InvarianceStudyResult(config=config, true_energy=truths["original"][K.ENERGY])
+    by_name = {entry.name: entry for entry in config.models}
+
+    for entry in config.models:
+        logger = _wandb_logger(config, entry.name, out, entry) if write else None
+        trained = train_model(
+            entry, train, config.training, planar=config.data.planar, dtype=dtype,
+            loggers=[logger] if logger is not None else [],
+        )
+        rows, predictions = _evaluate(trained, entry, test_sets, truths)
+        result.rows.extend(rows)
+        result.predictions[entry.name] = predictions
+        result.loss_history[entry.name] = trained.loss_history
+        _finish_wandb(logger, {f"test/{row['test_set']}/{key}": row[key] for row in rows
+                               for key in ("energy_mse", "energy_mae", "invariance_error")})
+        say(f"{entry.name}: {trained.seconds:.1f} s, {trained.epochs} epochs, MSE "
+            + ", ".join(f"{row['test_set']} {row['energy_mse']:.2e}" for row in rows))
+
+    result.learning_curve = _learning_curves(config, by_name, train, test_sets, truths, result, dtype, say)
+    result.augmentation_cost = _augmentation_cost(config, by_name, train, test_sets, truths, result, dtype, say)
+    result.seconds = time.perf_counter() - start[0]
+    result.cpu_seconds = time.process_time() - start[1]
+    say(f"done in {result.seconds:.0f} s ({result.cpu_seconds:.0f} s CPU)")
+    if write:
+        write_results(result, out, command=command)
+    return result
+
+
+def _learning_curves(
+    config: InvarianceStudyConfig,
+    by_name: dict[str, ModelEntry],
+    train: list[Data],
+    test_sets: dict[str, list[Data]],
+    truths: dict[str, dict[str, np.ndarray]],
+    result: InvarianceStudyResult,
+    dtype: torch.dtype,
+    say: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Energy MSE of ``learning_curve.models`` trained on nested subsets of ``train``."""
+    settings = config.learning_curve
+    if not settings.models:
+        return []
+    order = np.random.default_rng(config.training.seed + 7).permutation(len(train))
+    sizes = sorted({min(int(n), len(train)) for n in settings.sizes if n > 0})
+    rows = []
+    for name in settings.models:
+        entry = by_name[name]
+        for n in sizes:
+            row: dict[str, Any] = {"model": name, "n_train": n}
+            if n == len(train):  # the grid run is this point
+                for test_set in settings.test_sets:
+                    row[f"mse_{test_set}"] = result.value(name, test_set)
+            else:
+                subset = [train[k] for k in order[:n]]
+                trained = train_model(entry, subset, config.training, planar=config.data.planar, dtype=dtype,
+                                      reference_size=len(train))
+                for test_set in settings.test_sets:
+                    energy = predict(trained.model, test_sets[test_set])[K.ENERGY]
+                    row[f"mse_{test_set}"] = float(np.mean((energy - truths[test_set][K.ENERGY]) ** 2))
+            rows.append(row)
+            say(f"learning curve {name}, n={n}: " + ", ".join(f"{t} {row[f'mse_{t}']:.2e}" for t in settings.test_sets))
+    return rows
+
+
+def _augmentation_cost(
+    config: InvarianceStudyConfig,
+    by_name: dict[str, ModelEntry],
+    train: list[Data],
+    test_sets: dict[str, list[Data]],
+    truths: dict[str, dict[str, np.ndarray]],
+    result: InvarianceStudyResult,
+    dtype: torch.dtype,
+    say: Callable[[str], None],
+) -> dict[str, Any] | None:
+    """Error of ``augmentation_cost.model`` with k stacked copies, and the smallest k reaching the target."""
+    settings = config.augmentation_cost
+    if not settings.model:
+        return None
+    entry = by_name[settings.model]
+    if settings.target_mse is not None:
+        target, source = float(settings.target_mse), "target_mse"
+    else:
+        target = settings.target_factor * result.value(settings.target_model, settings.test_set)
+        source = f"{settings.target_factor:g} x MSE of {settings.target_model}"
+    mses, seconds = [], []
+    copies = sorted({int(k) for k in settings.copies})
+    training = dataclasses.replace(config.training, budget=settings.budget)
+    for k in copies:
+        if k == 0 and entry.augmentation.mode == "none":  # the grid run is this point
+            mses.append(result.value(entry.name, settings.test_set))
+            seconds.append(result.value(entry.name, settings.test_set, "train_cpu_seconds"))
+            continue
+        augmentation = Augmentation(mode="stacked" if k > 0 else "none", transforms=list(settings.transforms), copies=k)
+        trained = train_model(entry, train, training, planar=config.data.planar, dtype=dtype,
+                              augmentation=augmentation)
+        energy = predict(trained.model, test_sets[settings.test_set])[K.ENERGY]
+        mses.append(float(np.mean((energy - truths[settings.test_set][K.ENERGY]) ** 2)))
+        seconds.append(trained.cpu_seconds)
+        say(f"augmentation cost {settings.model}, k={k}: MSE on {settings.test_set} {mses[-1]:.2e} "
+            f"(target {target:.2e}), {trained.cpu_seconds:.1f} s CPU")
+    reached = [k for k, mse in zip(copies, mses) if mse <= target]
+    return {
+        "model": settings.model,
+        "test_set": settings.test_set,
+        "transforms": list(settings.transforms),
+        "target_mse": target,
+        "target": source,
+        "copies": copies,
+        "mse": mses,
+        "train_cpu_seconds": seconds,
+        "budget": settings.budget,
+        "copies_needed": reached[0] if reached else None,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# output
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        return f"{value:.2e}"
+    return str(value)
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) if not isinstance(v, str) else v for v in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def markdown_tables(result: InvarianceStudyResult) -> str:
+    """The results as Markdown: energy MSE per test set, invariance errors, force errors,
+    learning curves and the augmentation cost."""
+    config = result.config
+    models = list(dict.fromkeys(row["model"] for row in result.rows))
+    sets = list(dict.fromkeys(row["test_set"] for row in result.rows))
+    first = {model: next(row for row in result.rows if row["model"] == model) for model in models}
+    variance = float(np.var(result.true_energy))
+    parts = [f"Energy MSE (eV²) on each test set ({len(result.true_energy)} held-out structures, "
+             f"{config.name}; the variance of their energies, the MSE of always predicting the mean, "
+             f"is {variance:.2e} eV²):", ""]
+    header = ["model", "augmentation", "params", "train CPU s", "epochs", *sets]
+    body = [[m, first[m]["augmentation"], str(first[m]["n_params"]), f"{first[m]['train_cpu_seconds']:.1f}",
+             str(first[m]["epochs"]), *[result.value(m, s) for s in sets]] for m in models]
+    parts += [_table(header, body), ""]
+    others = [s for s in sets if s != "original"]
+    parts += ["Invariance error mean |E(gx) − E(x)| (eV) of each model's own predictions:", ""]
+    parts += [_table(["model", *others], [[m, *[result.value(m, s, "invariance_error") for s in others]]
+                                           for m in models]), ""]
+    if not math.isnan(result.value(models[0], "original", "forces_mae")):
+        parts += ["Energy MAE (eV) and force MAE (eV/Å) on the original and randomly rotated test sets:", ""]
+        cols = [s for s in ("original", "random_rotation") if s in sets]
+        header = ["model", *[f"E MAE {s}" for s in cols], *[f"F MAE {s}" for s in cols]]
+        body = [[m, *[result.value(m, s, "energy_mae") for s in cols],
+                 *[result.value(m, s, "forces_mae") for s in cols]]
+                for m in models]
+        parts += [_table(header, body), ""]
+    if result.learning_curve:
+        sizes = sorted({row["n_train"] for row in result.learning_curve})
+        parts += ["Learning curves: energy MSE (eV²) against the number of training structures:", ""]
+        body = []
+        for model in dict.fromkeys(row["model"] for row in result.learning_curve):
+            for test_set in config.learning_curve.test_sets:
+                values = {row["n_train"]: row[f"mse_{test_set}"]
+                          for row in result.learning_curve if row["model"] == model}
+                body.append([model, test_set, *[values.get(n, math.nan) for n in sizes]])
+        parts += [_table(["model", "test set", *[str(n) for n in sizes]], body), ""]
+    cost = result.augmentation_cost
+    if cost:
+        parts += [f"Cost of augmentation: {cost['model']} trained with k stacked copies "
+                  f"({'+'.join(cost['transforms'])}), "
+                  + ("the same epochs for every k (compute grows with k + 1)" if cost["budget"] == "epochs"
+                     else "the same optimizer steps for every k")
+                  + f"; energy MSE (eV²) on {cost['test_set']}; "
+                  f"target {cost['target_mse']:.2e} ({cost['target']}):", ""]
+        parts += [_table(["k", *[str(k) for k in cost["copies"]]],
+                         [["MSE", *cost["mse"]], ["train CPU s", *[f"{s:.1f}" for s in cost["train_cpu_seconds"]]]]),
+                  ""]
+        needed = cost["copies_needed"]
+        reached = str(needed) if needed is not None else f"not reached with up to {max(cost['copies'])}"
+        parts += [f"Copies needed to reach the target: {reached}.", ""]
+    return "\n".join(parts)
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+    if not rows:
+        return
+    columns = list(columns or rows[0].keys())
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_results(result: InvarianceStudyResult, out: str | Path, command: str | None = None) -> Path:
+    """Write the CSVs, the Markdown tables, the config, the figures and their captions.
+
+    Args:
+        result: what :func:`run_invariance_study` returned.
+        out: the results folder (created).
+        command: the command that reproduces the results (recorded in ``command.txt``,
+            ``results.md`` and ``figures.md``).
+
+    Returns:
+        The folder.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = result.config
+    (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    command = command or f"equimol study invariance --config {out / 'config.yaml'}"
+    (out / "command.txt").write_text(command + "\n")
+    _write_csv(out / "results.csv", result.rows, _COLUMNS)
+    _write_csv(out / "learning_curve.csv", result.learning_curve)
+    if result.augmentation_cost:
+        cost = result.augmentation_cost
+        _write_csv(out / "augmentation_cost.csv", [
+            {"copies": k, "mse": mse, "train_cpu_seconds": seconds, "test_set": cost["test_set"],
+             "target_mse": cost["target_mse"], "budget": cost["budget"]}
+            for k, mse, seconds in zip(cost["copies"], cost["mse"], cost["train_cpu_seconds"])
+        ])
+    history_rows = [{"model": m, "epoch": e + 1, "train_loss": v}
+                    for m, h in result.loss_history.items() for e, v in enumerate(h)]
+    _write_csv(out / "loss_history.csv", history_rows)
+    tables = markdown_tables(result)
+    (out / "results.md").write_text(
+        f"# Invariance study: {config.name}\n\nReproduce with:\n\n```\n{command}\n```\n\n{tables}\n"
+        f"Whole study: {result.seconds:.0f} s wall time, {result.cpu_seconds:.0f} s CPU time.\n"
+    )
+    captions = _write_figures(result, out / "figures") if config.figures else {}
+    lines = [f"# Figures of {config.name}", "", f"Every figure is made by `{command}`.", ""]
+    lines += [f"- `figures/{name}`: {caption}" for name, caption in captions.items()]
+    (out / "figures.md").write_text("\n".join(lines) + "\n")
+    _log_summary(result, out, captions)
+    result.output_dir = out
+    return out
+
+
+def _write_figures(result: InvarianceStudyResult, folder: Path) -> dict[str, str]:
+    config = result.config
+    frames = load_frames(config.data)
+    graphs = build_graphs(frames, config.data)
+    train, test = split_graphs(graphs, config.data)
+    shown = [name for name in ("original", "rotation_90", "permutation_fixed") if name in
+             ["original", *config.test_sets]]
+    sets = make_test_sets(test, shown, config.data.planar, config.training.seed)
+    captions: dict[str, str] = {}
+    figures.save(figures.positions_figure({name: sets[name] for name in shown}), folder / "positions.png")
+    captions["positions.png"] = (f"x-y positions of the test structures, {', '.join(shown)} (colour: atom index).")
+    energies = {"train": labels(train)[K.ENERGY], "test": labels(test)[K.ENERGY]}
+    figures.save(figures.energy_histogram_figure(energies), folder / "energy_histogram.png")
+    captions["energy_histogram.png"] = "Energy labels of the training and test splits (eV)."
+    histories = {name: h for name, h in result.loss_history.items() if h}
+    if histories:
+        figures.save(figures.loss_curves_figure(histories), folder / "loss_curves.png")
+        captions["loss_curves.png"] = "Training loss per epoch of every gradient-trained model (log scale)."
+    evaluated = result.predictions[next(iter(result.predictions))]
+    parity_sets = [s for s in ("original", "random_rotation", "permutation_fixed") if s in evaluated]
+    figures.save(figures.parity_figure(result.true_energy, result.predictions, parity_sets), folder / "parity.png")
+    captions["parity.png"] = f"Predicted against true test energies (eV) on {', '.join(parity_sets)}."
+    sets_all = list(dict.fromkeys(row["test_set"] for row in result.rows))
+    mse = {m: {s: result.value(m, s) for s in sets_all} for m in result.predictions}
+    figures.save(figures.error_bars_figure(mse, sets_all), folder / "error_bars.png")
+    captions["error_bars.png"] = "Test energy MSE (eV², log scale) per model and test set."
+    if result.learning_curve:
+        figures.save(figures.learning_curve_figure(result.learning_curve, config.learning_curve.test_sets),
+                     folder / "learning_curves.png")
+        captions["learning_curves.png"] = (
+            "Test energy MSE against training-set size (solid: "
+            f"{config.learning_curve.test_sets[0]}, dashed: {', '.join(config.learning_curve.test_sets[1:])}).")
+    cost = result.augmentation_cost
+    if cost:
+        figures.save(figures.augmentation_cost_figure(cost["copies"], cost["mse"], cost["target_mse"], cost["test_set"],
+                                                      cost["model"]), folder / "augmentation_cost.png")
+        captions["augmentation_cost.png"] = (f"Energy MSE on {cost['test_set']} of {cost['model']} against the number "
+                                             "of stacked transformed copies; dotted: the target.")
+    return captions
+
+
+def _log_summary(result: InvarianceStudyResult, out: Path, captions: dict[str, str]) -> None:
+    config = result.config
+    logger = _wandb_logger(config, "summary", out)
+    if logger is None:
+        return
+    columns = list(_COLUMNS)
+    logger.log_table("results", columns=columns, data=[[row[c] for c in columns] for row in result.rows])
+    if result.learning_curve:
+        columns = list(result.learning_curve[0])
+        logger.log_table("learning_curve", columns=columns,
+                         data=[[row[c] for c in columns] for row in result.learning_curve])
+    for name, caption in captions.items():
+        logger.log_image(key=f"figures/{name[:-4]}", images=[str(out / "figures" / name)], caption=[caption])
+    logger.experiment.finish()
+
+
+# --------------------------------------------------------------------------------------
+# command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``equimol study invariance --config FILE [--out DIR] [--key value ...]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        from equimol.studies._invariance_config import config_parser
+
+        config_parser().print_help()
+        return 0
+    try:
+        config = load_config(None, args)
+    except ValueError as error:
+        print(f"equimol study invariance: {error}", file=sys.stderr)
+        return 2
+    command = "equimol study invariance " + " ".join(args)
+    result = run_invariance_study(config, command=command)
+    print(markdown_tables(result))
+    print(f"results written to {result.output_dir}", file=sys.stderr)
+    return 0
+
+
+#: ``equimol study NAME ...`` -> function taking the remaining arguments.
+STUDIES = {"invariance": main}
+
+
+def study_main(argv: Sequence[str]) -> int:
+    """Entry of ``equimol study``: ``argv[0]`` names the study (``invariance``)."""
+    args = list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        usage = "usage: equimol study {" + ",".join(STUDIES) + "} --config FILE [--out DIR]"
+        print(usage, file=sys.stderr if not args else sys.stdout)
+        return 2 if not args else 0
+    if args[0] not in STUDIES:
+        print(f"equimol study: unknown study {args[0]!r}; choose from: {', '.join(STUDIES)}", file=sys.stderr)
+        return 2
+    return STUDIES[args[0]](args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

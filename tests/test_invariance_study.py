@@ -1,0 +1,125 @@
+"""The invariance study on a small toy2d grid: built-in invariance is exact, augmentation helps.
+
+One study (configs/study/toy2d_small.yaml, W&B off) is run once through the ``equimol`` command
+and its results folder is read back by the tests below.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from equimol.cli import main as equimol_main
+from equimol.studies import load_config
+from equimol.studies._invariance_config import ModelEntry, TrainingSettings
+from equimol.studies._invariance_data import build_graphs, fixed_permutation, load_frames, split_graphs
+from equimol.studies._invariance_training import predict, train_model
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "study" / "toy2d_small.yaml"
+BUILT_IN = ("PairNN", "Equivariant l=1")
+ROUND_OFF = 1e-10  # eV; float64 sums of energies of order 5 eV
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[tuple[str, str], dict[str, float]]]:
+    out = tmp_path_factory.mktemp("invariance")
+    code = equimol_main(["study", "invariance", "--config", str(CONFIG), "--out", str(out), "--wandb.enabled", "false"])
+    assert code == 0
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    table = {
+        (row["model"], row["test_set"]): {
+            key: float(value) for key, value in row.items() if key in ("energy_mse", "invariance_error", "forces_mae")
+        }
+        for row in rows
+    }
+    return out, table
+
+
+def _test_sets(table: dict) -> list[str]:
+    return sorted({test_set for _, test_set in table})
+
+
+@pytest.mark.parametrize("model", BUILT_IN)
+def test_built_in_invariance_error_is_round_off(study, model: str) -> None:
+    _, table = study
+    for test_set in _test_sets(table):
+        assert table[(model, test_set)]["invariance_error"] < ROUND_OFF, test_set
+
+
+@pytest.mark.parametrize("model", BUILT_IN)
+def test_built_in_models_have_the_same_error_on_every_test_set(study, model: str) -> None:
+    _, table = study
+    reference = table[(model, "original")]["energy_mse"]
+    for test_set in _test_sets(table):
+        assert table[(model, test_set)]["energy_mse"] == pytest.approx(reference, rel=1e-8, abs=1e-14), test_set
+
+
+def test_positions_mlp_fails_on_rotated_structures(study) -> None:
+    _, table = study
+    original = table[("MLP(positions)", "original")]["energy_mse"]
+    assert original < 1e-2  # it did learn the training distribution
+    for test_set in ("rotation_90", "random_rotation"):
+        assert table[("MLP(positions)", test_set)]["energy_mse"] > 100 * original, test_set
+        assert table[("MLP(positions)", test_set)]["invariance_error"] > 0.1, test_set
+
+
+def test_rotation_augmentation_lowers_the_rotated_error(study) -> None:
+    _, table = study
+    for test_set in ("rotation_90", "random_rotation"):
+        plain = table[("MLP(positions)", test_set)]["energy_mse"]
+        augmented = table[("MLP(positions) + online rot", test_set)]["energy_mse"]
+        assert augmented < 0.1 * plain, test_set
+
+
+def test_linear_model_on_inverse_distances_is_exact_for_coulomb_energies(study) -> None:
+    _, table = study
+    assert table[("Linear(1/r)", "original")]["energy_mse"] < 1e-12
+    assert table[("Linear(1/r)", "original")]["forces_mae"] < 1e-6
+
+
+def test_results_folder_holds_tables_and_figures(study) -> None:
+    out, _ = study
+    for name in ("results.csv", "results.md", "learning_curve.csv", "augmentation_cost.csv", "loss_history.csv",
+                 "config.yaml", "command.txt", "figures.md"):
+        assert (out / name).is_file(), name
+    for name in ("positions", "energy_histogram", "loss_curves", "parity", "error_bars", "learning_curves",
+                 "augmentation_cost"):
+        path = out / "figures" / f"{name}.png"
+        assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG", name
+    markdown = (out / "results.md").read_text()
+    assert "| MLP(positions) |" in markdown and "equimol study invariance" in markdown
+    assert "equimol study invariance" in (out / "figures.md").read_text()
+
+
+def test_misspelt_config_key_is_an_error_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CONFIG.read_text().replace("  epochs: 30", "  epochz: 30", 1))
+    with pytest.raises(ValueError, match="epochz"):
+        load_config(bad)
+    assert equimol_main(["study", "invariance", "--config", str(bad)]) == 2
+    assert "epochz" in capsys.readouterr().err
+    bad.write_text(CONFIG.read_text().replace("n_atoms: 4", "n_atom: 4", 1))
+    with pytest.raises(ValueError, match="n_atom"):
+        load_config(bad)
+
+
+def test_training_is_reproducible_with_a_seed() -> None:
+    config = load_config(CONFIG)
+    config.data.generator_args = {"n_samples": 40, "seed": 1}
+    train, test = split_graphs(build_graphs(load_frames(config.data), config.data), config.data)
+    entry = ModelEntry(name="mlp", model=config.models[0].model)
+    settings = TrainingSettings(epochs=2, batch_size=8, seed=3)
+    first = predict(train_model(entry, train, settings, planar=True).model, test)["energy"]
+    second = predict(train_model(entry, train, settings, planar=True).model, test)["energy"]
+    np.testing.assert_array_equal(first, second)
+
+
+def test_fixed_permutation_is_the_classroom_one() -> None:
+    assert fixed_permutation(4) == [3, 0, 1, 2]
+    assert fixed_permutation(6) == [5, 0, 1, 2, 3, 4]
+    assert torch.equal(torch.sort(torch.tensor(fixed_permutation(9))).values, torch.arange(9))
