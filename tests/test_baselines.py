@@ -62,6 +62,7 @@ MODELS = {
     "mlp_acsf": lambda: FeatureMLP(5, "acsf", hidden=[16, 16], featurizer_kwargs=ACSF_KWARGS),
     "pair": lambda: PairNN(3.5, hidden=[16, 16]),
     "pair_species": lambda: PairNN(3.5, hidden=[16, 16], species=[1, 6, 7, 8], num_basis=0),
+    "pair_inverse_basis": lambda: PairNN(3.5, hidden=[16, 16], basis="inverse", basis_min=0.7),
     "linear": linear_with_random_weights,
 }
 STATISTICS = {
@@ -259,6 +260,15 @@ def test_unknown_featurizer_and_activation_names_raise():
         FeatureMLP(5, "distances", activation="swish")
     with pytest.raises(ValueError, match="unknown activation"):
         PairNN(3.0, activation="sigmoid")
+
+
+def test_pair_nn_rejects_bad_basis_settings():
+    with pytest.raises(ValueError, match="basis must be 'distance' or 'inverse', got 'log'"):
+        PairNN(3.0, basis="log")
+    with pytest.raises(ValueError, match="basis='inverse' needs 0 < basis_min < cutoff"):
+        PairNN(3.0, basis="inverse")
+    with pytest.raises(ValueError, match="basis_min must be in"):
+        PairNN(3.0, basis_min=3.5)
 
 
 def test_feature_models_reject_batches_of_other_sizes(rng):

@@ -1,7 +1,7 @@
 """A pair potential learned by a small neural network: invariant by construction, blind to angles.
 
 ``E = sum_i (e_ref[z_i] + shift) + scale * sum_{pairs i<j, r_ij < rc} phi(r_ij) fc(r_ij)``
-with ``phi`` an MLP of a Gaussian expansion of the distance (one output per unordered
+with ``phi`` an MLP of a Gaussian expansion of the distance r or of 1/r (one output per unordered
 species pair when species are resolved) and ``fc`` Behler's cosine cutoff
 (:class:`equimol.nn.CosineCutoff`), so energies and forces are continuous as atoms cross the
 cutoff. Pairs come from the radius graph of the data (``edge_index``, ``edge_shift``;
@@ -12,7 +12,7 @@ pairs the graph does not hold are not seen.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch_geometric.data import Data
@@ -36,9 +36,28 @@ class PairNN(Potential):
         activation: ``"silu"``, ``"tanh"``, ``"softplus"``, ``"gelu"`` or ``"relu"``.
         species: atomic numbers for one pair function per unordered species pair, or None
             for one function shared by all pairs.
-        num_basis: the MLP reads the distance expanded in this many Gaussians evenly
-            spaced on [0, cutoff] (:class:`equimol.nn.GaussianBasis`); 0 feeds it the bare
-            ``r / cutoff``, which learns steep repulsive walls far more slowly.
+        num_basis: the MLP reads the distance expanded in this many Gaussians
+            (:class:`equimol.nn.GaussianBasis`, placed as ``basis`` says); 0 feeds it the
+            bare ``r / cutoff``, which learns steep repulsive walls far more slowly.
+        basis: the variable the Gaussians are evenly spaced in. ``"distance"``: centres on
+            ``[basis_min, cutoff]`` in r. ``"inverse"``: centres on ``[1/cutoff, 1/basis_min]``
+            in 1/r, so resolution is finest at short range, where repulsive walls are steep;
+            on Lennard-Jones data this roughly halves the force error reached in the same
+            number of steps (see the notes below).
+        basis_min: the shortest distance the basis resolves, Å: the first centre for
+            ``"distance"`` (default 0), the last centre 1/basis_min for ``"inverse"`` (must
+            then be given and positive: choose it a little below the shortest pair of the
+            data; closer pairs see the tail of the last Gaussian only).
+
+    Notes:
+        The network's raw output is multiplied by the per-atom energy spread of the data
+        (``set_statistics``), which is usually far smaller than the pair energies and their
+        slopes (on rattled Lennard-Jones clusters: spread 0.34 epsilon, wall slopes over
+        100 epsilon/sigma). The network must then grow large weights in every layer (a
+        larger output scale alone does not help), so learning rates of a few 1e-3 leave
+        forces several percent off after a few hundred Adam steps; use
+        ``basis="inverse"`` and a learning rate of a few 1e-2 with a decaying schedule
+        (``configs/lj_cluster.yaml``).
     """
 
     def __init__(
@@ -48,6 +67,8 @@ class PairNN(Potential):
         activation: str = "silu",
         species: list[int] | None = None,
         num_basis: int = 16,
+        basis: Literal["distance", "inverse"] = "distance",
+        basis_min: float | None = None,
     ) -> None:
         super().__init__()
         if not (cutoff > 0 and math.isfinite(cutoff)):
@@ -72,7 +93,22 @@ class PairNN(Potential):
         if int(num_basis) < 0:
             raise ValueError(f"PairNN: num_basis must be >= 0, got {num_basis!r}")
         self.num_basis = int(num_basis)
-        self.basis = GaussianBasis(self.cutoff, self.num_basis, start=0.0) if self.num_basis else None
+        if basis not in ("distance", "inverse"):
+            raise ValueError(f"PairNN: basis must be 'distance' or 'inverse', got {basis!r}")
+        self.basis_variable = basis
+        if basis == "inverse":
+            if basis_min is None or not (0 < basis_min < self.cutoff):
+                raise ValueError(
+                    f"PairNN: basis='inverse' needs 0 < basis_min < cutoff ({self.cutoff}), got {basis_min!r}"
+                )
+            start, stop = 1.0 / self.cutoff, 1.0 / float(basis_min)
+        else:
+            start = 0.0 if basis_min is None else float(basis_min)
+            if not (0 <= start < self.cutoff):
+                raise ValueError(f"PairNN: basis_min must be in [0, cutoff={self.cutoff}), got {basis_min!r}")
+            stop = self.cutoff
+        self.basis_min = basis_min
+        self.basis = GaussianBasis(stop, self.num_basis, start=start) if self.num_basis else None
         self.net = mlp(max(self.num_basis, 1), hidden, n_channels, activation)
         self.energy_scale = EnergyScale()
 
@@ -92,7 +128,10 @@ class PairNN(Potential):
 
     def _raw_pair(self, r: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
         """``phi(r) fc(r)`` for distances ``r [P]`` Å and pair channels ``[P]`` (unscaled)."""
-        inputs = (r / self.cutoff)[:, None] if self.basis is None else self.basis(r)
+        if self.basis is None:
+            inputs = (r / self.cutoff)[:, None]
+        else:
+            inputs = self.basis(1.0 / r if self.basis_variable == "inverse" else r)
         out = self.net(inputs)
         phi = out.gather(1, channel[:, None]).squeeze(1)
         return phi * self.envelope(r)
