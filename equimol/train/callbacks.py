@@ -14,13 +14,13 @@ from typing import Any, Callable
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor, WeightAveraging
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, WeightAveraging
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from equimol.train.plots import figure_to_array, loss_curve_figure, parity_figure, save_figure
 
-__all__ = ["EMA", "ParityPlot", "LossCurve", "LearningRateLogger", "log_figure"]
+__all__ = ["EMA", "BestAndLastCheckpoint", "ParityPlot", "LossCurve", "LearningRateLogger", "log_figure"]
 
 
 def _ema_multi_avg_fn(decay: float, warmup: bool) -> Callable[[list, list, Any], None]:
@@ -289,3 +289,31 @@ class LearningRateLogger(LearningRateMonitor):
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
         if trainer.loggers:
             super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is brought up to date at the end of every epoch.
+
+    Lightning writes ``last.ckpt`` only in a step where a monitored (top-k) checkpoint is also
+    written; after an epoch that does not improve the monitored metric, ``last.ckpt`` would
+    still hold the best epoch, and ``--ckpt_path last`` would resume a killed run from there.
+    This subclass writes it whenever it is older than the current step, so a killed run loses at
+    most the epoch in progress. Every argument is ``ModelCheckpoint``'s.
+    """
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._bring_last_up_to_date(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._bring_last_up_to_date(trainer)
+
+    def _bring_last_up_to_date(self, trainer: pl.Trainer) -> None:
+        # _should_skip_saving_checkpoint is also true when a checkpoint (and with it
+        # last.ckpt) was already written at this step.
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+

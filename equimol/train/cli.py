@@ -8,7 +8,7 @@ callbacks equimol adds to every run:
 =================  =====================================================================
 key                callback
 =================  =====================================================================
-``checkpoint``     ``ModelCheckpoint``: best (by ``val/loss``) and last checkpoints in
+``checkpoint``     :class:`equimol.train.callbacks.BestAndLastCheckpoint`: best (by ``val/loss``) and last in
                    ``{trainer.default_root_dir}/checkpoints``
 ``ema``            :class:`equimol.train.callbacks.EMA`, moving average of the weights
 ``early_stopping`` ``EarlyStopping`` on ``val/loss``
@@ -31,11 +31,11 @@ from typing import Any
 import yaml
 from jsonargparse import Namespace
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import Logger, WandbLogger
 
-from equimol.train.callbacks import EMA, LearningRateLogger, LossCurve, ParityPlot
+from equimol.train.callbacks import EMA, BestAndLastCheckpoint, LearningRateLogger, LossCurve, ParityPlot
 from equimol.train.module import check_cutoffs
 
 __all__ = ["EquimolCLI", "main", "fit_main", "validate_main", "test_main", "predict_main", "finish_wandb", "DEFAULT_ROOT_DIR"]
@@ -92,7 +92,7 @@ class EquimolCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",
             "checkpoint.mode": "min",
