@@ -1,4 +1,4 @@
-"""Figures of the invariance study (matplotlib, Agg backend, PNG).
+"""Figures of the invariance study (matplotlib figures drawn by the Agg canvas, PNG).
 
 Each function returns a ``matplotlib.figure.Figure``; :func:`save` writes it at a modest
 resolution so the PNGs stay small.
@@ -7,17 +7,14 @@ resolution so the PNGs stay small.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 import matplotlib.ticker
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch_geometric.data import Data  # noqa: E402
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch_geometric.data import Data
 
 __all__ = [
     "positions_figure",
@@ -31,11 +28,20 @@ __all__ = [
 ]
 
 
+def _subplots(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
+    """``pyplot.subplots`` without pyplot: the figure is drawn by its own Agg canvas, so the
+    user's matplotlib backend (a notebook's inline plots) is never switched, and nothing
+    needs closing."""
+    figsize = kwargs.pop("figsize", None)
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
 def save(fig: Figure, path: Path, dpi: int = 90) -> Path:
-    """Write ``fig`` as PNG to ``path`` and close it."""
+    """Write ``fig`` as PNG to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -43,11 +49,11 @@ def positions_figure(sets: Mapping[str, Sequence[Data]], max_structures: int = 1
     """x-y positions of the first ``max_structures`` test structures of each set, coloured by
     atom index (a permutation shows up as swapped colours, a rotation as a turned cloud)."""
     names = list(sets)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.4), squeeze=False)
+    fig, axes = _subplots(1, len(names), figsize=(3.3 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names):
         pos = np.stack([g.pos.double().numpy() for g in list(sets[name])[:max_structures]])  # [M, N, 3]
         n_atoms = pos.shape[1]
-        colours = plt.cm.tab10(np.arange(n_atoms) % 10)
+        colours = matplotlib.colormaps["tab10"](np.arange(n_atoms) % 10)
         for atom in range(n_atoms):
             ax.scatter(pos[:, atom, 0], pos[:, atom, 1], s=4, color=colours[atom], label=f"atom {atom}")
         ax.set_title(name)
@@ -62,7 +68,7 @@ def positions_figure(sets: Mapping[str, Sequence[Data]], max_structures: int = 1
 
 def energy_histogram_figure(energies: Mapping[str, np.ndarray]) -> Figure:
     """Histograms of the energy labels (eV) of the training and test splits."""
-    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    fig, ax = _subplots(figsize=(4.8, 3.4))
     values = np.concatenate([np.asarray(v) for v in energies.values()])
     bins = np.linspace(values.min(), values.max(), 40)
     for name, value in energies.items():
@@ -76,7 +82,7 @@ def energy_histogram_figure(energies: Mapping[str, np.ndarray]) -> Figure:
 
 def loss_curves_figure(histories: Mapping[str, Sequence[float]]) -> Figure:
     """Training loss against epoch (log scale), one line per model."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _subplots(figsize=(6.4, 4.0))
     for name, history in histories.items():
         if len(history):
             ax.plot(np.arange(1, len(history) + 1), history, label=name, lw=1.2)
@@ -95,7 +101,7 @@ def parity_figure(
     names = list(predictions)
     cols = min(4, len(names))
     rows = int(np.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(2.9 * cols, 2.8 * rows), squeeze=False)
     low, high = float(true.min()), float(true.max())
     pad = 0.1 * (high - low or 1.0)
     for ax, name in zip(axes.flat, names):
@@ -119,7 +125,7 @@ def error_bars_figure(mse: Mapping[str, Mapping[str, float]], test_sets: Sequenc
     """Energy MSE (eV², log scale) per model (groups) and test set (bars)."""
     names = list(mse)
     width = 0.8 / len(test_sets)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(names) + 2), 4.2))
+    fig, ax = _subplots(figsize=(max(6.0, 0.75 * len(names) + 2), 4.2))
     x = np.arange(len(names))
     for k, test_set in enumerate(test_sets):
         values = [max(mse[name][test_set], floor) for name in names]
@@ -135,10 +141,10 @@ def error_bars_figure(mse: Mapping[str, Mapping[str, float]], test_sets: Sequenc
 
 def learning_curve_figure(rows: Sequence[Mapping[str, object]], test_sets: Sequence[str]) -> Figure:
     """Test energy MSE against training-set size (log-log); solid: first test set, dashed: the others."""
-    fig, ax = plt.subplots(figsize=(7.6, 4.0))
+    fig, ax = _subplots(figsize=(7.6, 4.0))
     models = list(dict.fromkeys(str(row["model"]) for row in rows))
     for k, model in enumerate(models):
-        colour = plt.cm.tab10(k % 10)
+        colour = matplotlib.colormaps["tab10"](k % 10)
         mine = [row for row in rows if row["model"] == model]
         sizes = [int(row["n_train"]) for row in mine]
         for j, test_set in enumerate(test_sets):
@@ -160,7 +166,7 @@ def augmentation_cost_figure(
     copies: Sequence[int], mse: Sequence[float], target: float, test_set: str, model: str
 ) -> Figure:
     """Energy MSE on ``test_set`` against the number of stacked copies, with the target."""
-    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    fig, ax = _subplots(figsize=(4.8, 3.6))
     ax.plot(copies, mse, marker="o", label=model)
     ax.axhline(target, color="k", ls=":", label="target")
     ax.set_yscale("log")
