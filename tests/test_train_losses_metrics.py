@@ -129,3 +129,19 @@ def test_ema_handles_models_whose_deep_copy_has_extra_buffers(tmp_path):
     restored = load_potential(str(tmp_path / "model.ckpt"), model=template)
     for name, value in module.model.state_dict().items():
         torch.testing.assert_close(restored.model.state_dict()[name], value)
+
+
+def test_energy_r2_matches_scikit_learn_for_small_errors_per_atom():
+    from sklearn.metrics import r2_score
+
+    from equimol.train.metrics import CoefficientOfDetermination
+
+    generator = torch.Generator().manual_seed(0)
+    target = 0.07 + 0.012 * torch.randn(25, generator=generator)  # eV/atom
+    predicted = target + 2e-4 * torch.randn(25, generator=generator)
+    metric = CoefficientOfDetermination()
+    metric.update(predicted[:10], target[:10])
+    metric.update(predicted[10:], target[10:])
+    expected = r2_score(target.double().numpy(), predicted.double().numpy())
+    assert expected < 0.9999
+    assert abs(float(metric.compute()) - expected) < 1e-9

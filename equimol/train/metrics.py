@@ -22,12 +22,12 @@ from typing import Mapping
 import torch
 from torch import nn
 from torch_geometric.data import Data
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, R2Score
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
 
 from equimol import _keys as K
 from equimol.train.losses import atoms_per_structure
 
-__all__ = ["PotentialMetrics", "QUANTITIES"]
+__all__ = ["PotentialMetrics", "CoefficientOfDetermination", "QUANTITIES"]
 
 QUANTITIES = ("energy_per_atom", "energy", "forces", "stress")
 
@@ -35,8 +35,37 @@ QUANTITIES = ("energy_per_atom", "energy", "forces", "stress")
 def _collection(with_r2: bool) -> nn.ModuleDict:
     metrics: dict[str, Metric] = {"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False)}
     if with_r2:
-        metrics["r2"] = R2Score()
+        metrics["r2"] = CoefficientOfDetermination()
     return nn.ModuleDict(metrics)
+
+
+class CoefficientOfDetermination(Metric):
+    """R² = 1 - RSS / TSS over everything seen, accumulated in float64 (summed across DDP ranks).
+
+    torchmetrics' ``R2Score`` reports exactly 1.0 whenever the residual sum of squares is below
+    1e-4 in absolute terms, which is the normal size of errors of energies per atom in eV; this
+    metric has no such threshold.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("sum_target", "sum_target_squared", "residual", "count"):
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Add predictions and targets of any shape (flattened)."""
+        preds, target = preds.detach().double().reshape(-1), target.double().reshape(-1)
+        self.sum_target += target.sum()
+        self.sum_target_squared += target.square().sum()
+        self.residual += (preds - target).square().sum()
+        self.count += target.numel()
+
+    def compute(self) -> torch.Tensor:
+        """R²; ``-inf`` or NaN when the targets have no spread."""
+        total = self.sum_target_squared - self.sum_target.square() / self.count
+        return 1.0 - self.residual / total
 
 
 class PotentialMetrics(nn.Module):
