@@ -13,10 +13,12 @@ import yaml
 from equimol.train.cli import main
 from equimol.train.evaluate import evaluate_main
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# every config `equimol fit` takes (configs/study/ holds the study's own configs)
+CONFIGS = sorted([*_CONFIG_DIR.glob("*.yaml"), *_CONFIG_DIR.glob("vae/*.yaml"), *_CONFIG_DIR.glob("peers/*.yaml")])
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(_CONFIG_DIR)) for c in CONFIGS])
 def test_every_config_parses_and_validates(config, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", str(config), "--print_config"])
