@@ -15,6 +15,8 @@ Example::
 
 from __future__ import annotations
 
+import copy
+
 import os
 from pathlib import Path
 from typing import Sequence
@@ -56,7 +58,10 @@ def load_model(source: str | os.PathLike | nn.Module, device: str | torch.device
                     f"{path}: neither a Lightning checkpoint (.ckpt) nor an exported equimol model ({error})"
                 ) from error
     elif isinstance(source, nn.Module):
-        model = getattr(source, "model", source) if not isinstance(source, torch.jit.ScriptModule) else source
+        # a copy: moving, casting or switching to eval mode must not touch the caller's model
+        model = copy.deepcopy(source)
+        if not isinstance(model, torch.jit.ScriptModule):
+            model = getattr(model, "model", model)
     else:
         raise TypeError(f"expected a checkpoint path or a torch.nn.Module, got {type(source).__name__}")
     return model.to(device).eval()
@@ -91,14 +96,18 @@ class EquimolCalculator(Calculator):
         model_dtype = next((p.dtype for p in network.parameters() if p.is_floating_point()), torch.float32)
         self.dtype = dtype or model_dtype
         if self.dtype != model_dtype:
-            import copy
-
-            network = copy.deepcopy(network).to(self.dtype) if isinstance(model, nn.Module) else network.to(self.dtype)
+            network = network.to(self.dtype)
         self.model = network
         self.exported = isinstance(network, torch.jit.ScriptModule)
-        value = cutoff if cutoff is not None else getattr(network, "cutoff", None)
+        model_cutoff = getattr(network, "cutoff", None)
+        value = cutoff if cutoff is not None else model_cutoff
         if value is None:
             raise ValueError("the model has no 'cutoff' attribute; pass cutoff=<Å> to EquimolCalculator")
+        if model_cutoff is not None and float(value) < float(model_cutoff):
+            raise ValueError(
+                f"cutoff={value} Å is smaller than the model's cutoff of {float(model_cutoff)} Å: "
+                "the graph would miss neighbours the model was trained with"
+            )
         self.cutoff = float(value)
 
     def calculate(
@@ -123,7 +132,8 @@ class EquimolCalculator(Calculator):
             )
             out = {K.ENERGY: energy, K.FORCES: forces}
         else:
-            out = self.model(batch, compute_forces=True, compute_stress=want_stress or periodic)
+            with torch.no_grad():  # inference: the forces need no graph beyond their own
+                out = self.model(batch, compute_forces=True, compute_stress=want_stress or periodic)
         energy = float(out[K.ENERGY].detach().sum())
         self.results = {
             "energy": energy,

@@ -315,26 +315,35 @@ class Translate(BaseTransform):
 class _RandomTransform(BaseTransform):
     """A transform drawn afresh for every structure from the instance's own generator.
 
-    Inside a ``DataLoader`` worker the generator is re-seeded once from ``seed`` and the
-    worker's seed (which PyTorch derives from the loader's generator), so that workers do not
-    all draw the same operations from identical copies of the generator.
+    With ``seed=None`` the generator is seeded, at its first use, from PyTorch's global seed
+    (``torch.initial_seed()``, which ``seed_everything`` sets), so one seed in a config fixes
+    the augmentation too. Inside a ``DataLoader`` worker the generator is re-seeded once from
+    that seed and the worker's seed (which PyTorch derives from the loader's generator), so
+    that workers do not draw the same operations. Under ``torch.distributed`` the rank is mixed
+    in, so processes do not draw the same operations either.
     """
 
     def __init__(self, seed: int | None) -> None:
         if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
             raise ValueError(f"{type(self).__name__}: seed must be a non-negative integer or None, got {seed!r}")
         self.seed = seed
-        self._generator = np.random.default_rng(seed)
+        self._generator: np.random.Generator | None = None
         self._worker: tuple[int, int] | None = None
+
+    def _entropy(self) -> list[int]:
+        seed = int(self.seed) if self.seed is not None else torch.initial_seed()
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        return [seed, rank]
 
     @property
     def generator(self) -> np.random.Generator:
-        """This transform's NumPy generator (per DataLoader worker)."""
+        """This transform's NumPy generator (per DataLoader worker and process)."""
         info = torch.utils.data.get_worker_info()
         if info is not None and self._worker != (info.id, info.seed):
-            entropy = [info.seed] if self.seed is None else [int(self.seed), info.seed]
-            self._generator = np.random.default_rng(entropy)
+            self._generator = np.random.default_rng([*self._entropy(), info.seed])
             self._worker = (info.id, info.seed)
+        elif self._generator is None:
+            self._generator = np.random.default_rng(self._entropy())
         return self._generator
 
     def sample(self, data: Data | None = None) -> BaseTransform:

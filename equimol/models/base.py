@@ -16,7 +16,7 @@ from torch_geometric.data import Data
 
 from equimol import _keys as K
 
-__all__ = ["Potential", "structure_index", "num_structures"]
+__all__ = ["Potential", "structure_index", "num_structures", "fully_periodic"]
 
 
 def structure_index(data: Data) -> torch.Tensor:
@@ -30,6 +30,17 @@ def structure_index(data: Data) -> torch.Tensor:
 def num_structures(data: Data) -> int:
     """B, the number of structures in ``data`` (1 for a single ``Data``)."""
     return int(data.num_graphs) if getattr(data, K.BATCH, None) is not None else 1
+
+
+def fully_periodic(data: Data) -> torch.Tensor:
+    """``[B]`` bool: which structures are periodic along all three axes (the ones with a stress).
+
+    Data without a ``pbc`` field counts as periodic, so its stress labels are used as given.
+    """
+    pbc = getattr(data, K.PBC, None)
+    if pbc is None:
+        return torch.ones(num_structures(data), dtype=torch.bool, device=data.pos.device)
+    return pbc.reshape(-1, 3).all(dim=1)
 
 
 class Potential(nn.Module):
@@ -79,14 +90,25 @@ class Potential(nn.Module):
                 Structures that are not periodic along all three axes get zeros.
 
         Returns:
-            dict with ``energy [B]`` and the requested derivatives. While training
-            (``torch.is_grad_enabled()``), the graph is kept so a loss on forces can be
-            back-propagated.
+            dict with ``energy [B]`` and the requested derivatives. In training mode the
+            derivatives are differentiable (a loss on forces can be back-propagated); in eval
+            mode they are not, but the energy stays differentiable when gradients are enabled.
+
+        Raises:
+            RuntimeError: forces or stress asked inside ``torch.inference_mode()``, where
+                autograd cannot run (Lightning's ``Trainer`` needs ``inference_mode=False``).
         """
         pos = data.pos
         cell = data.cell.reshape(-1, 3, 3)
         if not (compute_forces or compute_stress):
             return self.energy(data, pos, cell)
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "forces and stress are derivatives of the energy and need autograd, which "
+                "torch.inference_mode() switches off: use torch.no_grad() instead, or "
+                "Trainer(inference_mode=False) with Lightning (equimol fit sets it)"
+            )
+        keep_energy_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             if not pos.requires_grad:
                 pos = pos.detach().requires_grad_(True)
@@ -100,13 +122,17 @@ class Potential(nn.Module):
                 inputs.append(displacement)
             out = self.energy(data, pos, cell)
             grads = torch.autograd.grad(
-                out[K.ENERGY].sum(), inputs, create_graph=self.training, allow_unused=True
+                out[K.ENERGY].sum(),
+                inputs,
+                create_graph=self.training,
+                retain_graph=self.training or keep_energy_graph,
+                allow_unused=True,
             )
         if compute_forces:
             out[K.FORCES] = _zeros_if_none(grads[0], inputs[0]).neg()
         if compute_stress:
             volume = torch.linalg.det(data.cell.reshape(-1, 3, 3)).abs()
-            periodic = data.pbc.reshape(-1, 3).all(dim=1)
+            periodic = fully_periodic(data)
             volume = torch.where(periodic, volume, torch.ones_like(volume))
             virial = _zeros_if_none(grads[1], inputs[1])
             out[K.STRESS] = torch.where(

@@ -171,7 +171,8 @@ class PreparedModel:
     def __call__(self, data: Data, forces: bool = False, stress: bool = False) -> dict[str, torch.Tensor]:
         """Energies [B], and forces [N, 3] / stress [B, 3, 3] when asked and given, in
         float64 on the CPU and detached. A model without forces gives no ``forces`` key."""
-        out = self.raw(data, forces=forces, stress=stress)
+        with torch.no_grad():  # detached results: no graph needs keeping
+            out = self.raw(data, forces=forces, stress=stress)
         n_structures = int(data.num_graphs) if getattr(data, K.BATCH, None) is not None else 1
         result = {K.ENERGY: _detached(out[K.ENERGY]).reshape(-1)}
         if result[K.ENERGY].numel() != n_structures:

@@ -14,6 +14,7 @@ from torch import nn
 from torch_geometric.data import Data
 
 from equimol import _keys as K
+from equimol.models.base import fully_periodic
 
 __all__ = ["PotentialLoss", "atoms_per_structure"]
 
@@ -103,6 +104,14 @@ class PotentialLoss(nn.Module):
                 n_atoms = atoms_per_structure(batch)
                 predicted, target = predicted / n_atoms, target.reshape(-1) / n_atoms
                 name = "energy_per_atom"
+            elif key == K.STRESS:
+                # only cells periodic along all three axes have a stress (the model returns
+                # zeros for the others, which must not be compared with their labels)
+                periodic = fully_periodic(batch)
+                if not bool(periodic.any()):
+                    continue
+                predicted, target = predicted[periodic], target.reshape(predicted.shape)[periodic]
+                name = key
             else:
                 target = target.reshape(predicted.shape)
                 name = key

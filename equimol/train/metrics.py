@@ -25,6 +25,7 @@ from torch_geometric.data import Data
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
 
 from equimol import _keys as K
+from equimol.models.base import fully_periodic
 from equimol.train.losses import atoms_per_structure
 
 __all__ = ["PotentialMetrics", "CoefficientOfDetermination", "QUANTITIES"]
@@ -95,6 +96,11 @@ class PotentialMetrics(nn.Module):
             target = getattr(batch, key, None)
             if target is not None and key in prediction:
                 predicted = prediction[key].detach()
+                if key == K.STRESS:  # only fully periodic cells have a stress
+                    periodic = fully_periodic(batch)
+                    if not bool(periodic.any()):
+                        continue
+                    predicted, target = predicted[periodic], target.reshape(predicted.shape)[periodic]
                 pairs[key] = (predicted.reshape(-1), target.reshape(-1))
         for name, (predicted, target) in pairs.items():
             for metric in self.quantities[name].values():
