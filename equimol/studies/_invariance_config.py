@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence, get_args
 
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
@@ -42,17 +42,7 @@ __all__ = [
     "build_model",
 ]
 
-#: Names of the transformed test sets, all made from the same held-out structures.
-TEST_SETS = (
-    "original",
-    "rotation_90",
-    "random_rotation",
-    "permutation_fixed",
-    "random_permutation",
-    "reflection",
-    "rotation_permutation",
-)
-
+#: Name of a transformed test set (all are made from the same held-out structures).
 TestSetName = Literal[
     "original",
     "rotation_90",
@@ -62,6 +52,9 @@ TestSetName = Literal[
     "reflection",
     "rotation_permutation",
 ]
+
+#: Every test-set name, in the order of the tables.
+TEST_SETS: tuple[str, ...] = get_args(TestSetName)
 
 
 @dataclass
