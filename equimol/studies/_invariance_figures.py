@@ -12,9 +12,10 @@ from typing import Any, Mapping, Sequence
 import matplotlib
 import matplotlib.ticker
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch_geometric.data import Data
+
+from equimol.train.plots import new_figure
 
 __all__ = [
     "positions_figure",
@@ -29,12 +30,9 @@ __all__ = [
 
 
 def _subplots(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
-    """``pyplot.subplots`` without pyplot: the figure is drawn by its own Agg canvas, so the
-    user's matplotlib backend (a notebook's inline plots) is never switched, and nothing
-    needs closing."""
-    figsize = kwargs.pop("figsize", None)
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
+    """``pyplot.subplots`` on :func:`equimol.train.plots.new_figure`: the user's matplotlib
+    backend (a notebook's inline plots) is never switched, and nothing needs closing."""
+    fig = new_figure(figsize=kwargs.pop("figsize", None))
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["parity_figure", "loss_curve_figure", "figure_to_array", "save_figure"]
+__all__ = ["new_figure", "parity_figure", "loss_curve_figure", "figure_to_array", "save_figure"]
 
 _UNITS = {"energy_per_atom": "eV/atom", "energy": "eV", "forces": "eV/Å", "stress": "eV/Å³"}
 _TITLES = {"energy_per_atom": "energy per atom", "energy": "energy", "forces": "force components",
@@ -25,7 +25,7 @@ def parity_figure(pairs: Mapping[str, np.ndarray], title: str = "") -> Figure:
         title: figure title (for example ``"val, epoch 12"``).
     """
     names = [name for name in pairs if len(pairs[name])]
-    fig = _figure(figsize=(4.2 * max(len(names), 1), 4.0))
+    fig = new_figure(figsize=(4.2 * max(len(names), 1), 4.0))
     axes = fig.subplots(1, max(len(names), 1), squeeze=False)
     for ax, name in zip(axes[0], names):
         values = np.asarray(pairs[name], dtype=np.float64)
@@ -55,7 +55,7 @@ def loss_curve_figure(history: Mapping[str, Sequence[tuple[int, float]]]) -> Fig
     Args:
         history: series name -> list of ``(epoch, value)``.
     """
-    fig = _figure(figsize=(5.5, 4.0))
+    fig = new_figure(figsize=(5.5, 4.0))
     ax = fig.subplots()
     for name, points in history.items():
         if points:
@@ -83,7 +83,7 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def _figure(figsize: tuple[float, float]) -> Figure:
+def new_figure(figsize: tuple[float, float] | None = None) -> Figure:
     """A figure drawn by the Agg canvas, outside pyplot: it never touches the user's backend
     (a notebook's inline plots keep working) and needs no closing."""
     fig = Figure(figsize=figsize)
