@@ -192,7 +192,8 @@ def predict(model: torch.nn.Module, graphs: Sequence[Data], batch_size: int = 25
     energies, forces = [], []
     model.eval()
     for batch in DataLoader(list(graphs), batch_size=batch_size, shuffle=False):
-        out = model(batch, compute_forces=with_forces)
+        with torch.no_grad():  # forces come from autograd inside the model
+            out = model(batch, compute_forces=with_forces)
         energies.append(out[K.ENERGY].detach().double().numpy())
         if with_forces:
             forces.append(out[K.FORCES].detach().double().numpy())

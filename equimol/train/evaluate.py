@@ -114,7 +114,7 @@ def evaluate(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
         batch = batch.to(device)
-        with torch.enable_grad():
+        with torch.no_grad():  # forces come from autograd inside the model; nothing else needs a graph
             prediction = model(batch, compute_forces=getattr(batch, K.FORCES, None) is not None,
                                compute_stress=getattr(batch, K.STRESS, None) is not None)
         metrics.update(prediction, batch)
