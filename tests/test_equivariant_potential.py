@@ -354,3 +354,25 @@ def test_exported_model_matches_eager(dtype, rng, tmp_path):
     with pytest.raises(Exception, match=r"not known to this model; it knows \[1, 6, 8\]"):
         nitrogen = torch.full_like(batch.z, 7)
         exported(batch.pos, nitrogen, batch.edge_index, batch.edge_shift, batch.cell, batch.batch)
+
+
+@pytest.mark.parametrize("num_layers", [2, 3])
+def test_last_layer_computes_only_the_scalars_the_readout_reads(num_layers):
+    """The last block outputs ``channels x 0e`` only (the readout reads nothing else) and adds
+    the scalar part of its input as the residual."""
+    torch.manual_seed(0)
+    model = EquivariantPotential(SPECIES, cutoff=CUTOFF, l_max=1, channels=4, num_layers=num_layers).double()
+    last = model.network.layers[-1]
+    assert last.irreps_out == o3.Irreps("4x0e")
+    assert model.network.readout.irreps_in == o3.Irreps("4x0e")
+    assert last.residual and not last.residual_is_identity
+    irreps_in = last.irreps_in
+    x = irreps_in.randn(6, -1, dtype=torch.float64)
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 0]])
+    edge_vec = torch.randn(6, 3, dtype=torch.float64)
+    edge_attr = model.network.edge_embedding(edge_vec)
+    radial = model.network.radial(edge_vec.norm(dim=1))
+    assert irreps_in[0] == (4, o3.Irrep("0e"))
+    scalars = x[:, irreps_in.slices()[0]]
+    without = last.self_interaction(last.gate(last.conv(x, edge_attr, radial, edge_index)))
+    assert torch.allclose(last(x, edge_attr, radial, edge_index), without + scalars, atol=1e-12)

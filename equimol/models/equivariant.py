@@ -6,7 +6,9 @@ Architecture (Batzner et al., Nat. Commun. 13, 2453 (2022)):
 2. edges: spherical harmonics Y^l (l <= ``l_max``) of the direction, and Bessel basis times
    the polynomial cutoff envelope of the length;
 3. ``num_layers`` interaction blocks (tensor-product convolution, gate, self-interaction,
-   residual where the irreps match);
+   residual where the irreps match); the last block outputs even scalars only, the one
+   part of its output the readout reads, so it skips the paths to vectors, and adds the
+   scalar part of its input as its residual;
 4. a linear readout of the even scalars to one number per atom, scaled and shifted per
    species (eV), summed over the atoms of each structure.
 
@@ -112,11 +114,13 @@ class AtomicEnergyNetwork(nn.Module):
         self.radial = RadialEmbedding(cutoff, num_radial_basis)
         layers = []
         irreps = self.embedding.irreps_out
-        for _ in range(num_layers):
+        for index in range(num_layers):
+            # the readout reads the even scalars only, so the last layer computes nothing else
+            last = index == num_layers - 1
             block = InteractionBlock(
                 irreps,
                 self.edge_embedding.irreps_out,
-                self.irreps_hidden,
+                o3.Irreps(f"{channels}x0e") if last else self.irreps_hidden,
                 num_radial_basis,
                 radial_hidden=(radial_hidden,),
                 avg_num_neighbors=avg_num_neighbors,

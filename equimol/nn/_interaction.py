@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from e3nn import o3
@@ -20,8 +20,10 @@ class InteractionBlock(nn.Module):
     ``irreps_out`` is ``irreps_target`` restricted to the irreps the convolution can reach
     from ``irreps_in`` and ``irreps_edge`` (as NequIP does): in a parity-equivariant network
     fed with scalars, the first layer cannot make ``1e`` features, so it does not carry them.
-    When ``irreps_out == irreps_in`` and ``residual`` is True, the block returns
-    ``x + f(x)``.
+    When ``residual`` is True and every entry ``mul x ir`` of ``irreps_out`` is also an entry
+    of ``irreps_in``, the block returns ``x[irreps_out] + f(x)``, where ``x[irreps_out]`` are
+    those entries of the input (all of it when ``irreps_out == irreps_in``; the scalars when
+    a last layer keeps only scalars).
 
     Args:
         irreps_in: node feature irreps.
@@ -67,7 +69,12 @@ class InteractionBlock(nn.Module):
         )
         self.self_interaction = o3.Linear(self.gate.irreps_out, self.gate.irreps_out)
         self.irreps_out = self.gate.irreps_out
-        self.residual = bool(residual) and self.irreps_out == self.irreps_in
+        slices = _matching_slices(self.irreps_in, self.irreps_out) if residual else None
+        self.residual = slices is not None
+        self.residual_is_identity = self.residual and self.irreps_out == self.irreps_in
+        # the components of the input that match irreps_out, in order
+        components = [i for start, length in (slices or []) for i in range(start, start + length)]
+        self.register_buffer("residual_index", torch.tensor(components, dtype=torch.long), persistent=False)
 
     def forward(
         self,
@@ -78,6 +85,24 @@ class InteractionBlock(nn.Module):
     ) -> torch.Tensor:
         out = self.conv(node_features, edge_attr, edge_radial, edge_index)
         out = self.self_interaction(self.gate(out))
-        if self.residual:
+        if self.residual_is_identity:
             out = out + node_features
+        elif self.residual:
+            out = out + node_features.index_select(1, self.residual_index)
         return out
+
+
+def _matching_slices(irreps_in: o3.Irreps, irreps_out: o3.Irreps) -> Optional[List[Tuple[int, int]]]:
+    """``(start, length)`` of the entries of ``irreps_in`` equal to each entry of ``irreps_out``
+    (in order), or None when some entry of ``irreps_out`` has no equal in ``irreps_in``."""
+    slices: List[Tuple[int, int]] = []
+    used = set()
+    for mul, ir in irreps_out:
+        for index, ((mul_in, ir_in), block) in enumerate(zip(irreps_in, irreps_in.slices())):
+            if index not in used and mul_in == mul and ir_in == ir:
+                used.add(index)
+                slices.append((block.start, block.stop - block.start))
+                break
+        else:
+            return None
+    return slices
