@@ -75,11 +75,17 @@ def edge_vectors(
         [E, 3] Å, differentiable with respect to ``pos`` and ``cell``.
     """
     j, i = edge_index[0], edge_index[1]
-    vectors = pos[j] - pos[i]
+    # index_select rather than pos[j]: the same gather, several times faster on a CPU
+    vectors = pos.index_select(0, j) - pos.index_select(0, i)
     if edge_shift.numel() == 0:
         return vectors
-    edge_cell = cell[0].expand(len(i), 3, 3) if batch is None else cell[batch[i]]
-    return vectors + torch.einsum("ek,ekl->el", edge_shift.to(pos.dtype), edge_cell)
+    shift = edge_shift.to(pos.dtype)
+    if batch is None or cell.shape[0] == 1:
+        return vectors + shift @ cell[0]
+    # sum_k shift_k cell[b, k, :] as elementwise products: a batched product of E tiny
+    # matrices is far slower, forward and backward
+    edge_cell = cell.index_select(0, batch.index_select(0, i))
+    return vectors + (shift.unsqueeze(2) * edge_cell).sum(1)
 
 
 def atoms_to_graph(

@@ -117,7 +117,8 @@ class Potential(nn.Module):
                 # E(pos (1 + eps), cell (1 + eps)) with a symmetric strain eps at zero.
                 displacement = torch.zeros_like(cell, requires_grad=True)
                 strain = 0.5 * (displacement + displacement.transpose(-1, -2))
-                pos = pos + torch.einsum("ni,nij->nj", pos, strain[structure_index(data)])
+                atom_strain = strain.index_select(0, structure_index(data))  # [N, 3, 3]
+                pos = pos + (pos.unsqueeze(2) * atom_strain).sum(1)
                 cell = cell + torch.bmm(cell, strain)
                 inputs.append(displacement)
             out = self.energy(data, pos, cell)

@@ -1,14 +1,13 @@
 """A fused tensor product for convolutions: e3nn's ``"uvu"`` product with per-edge weights,
-evaluated as one batched matrix product instead of e3nn's path-by-path code.
+evaluated with the closed form of each path instead of e3nn's general code.
 
 When every entry of the first input has the same multiplicity (the hidden features of
 :class:`~equimol.models.EquivariantPotential`), features are held channel-last,
-``[D1, mul]`` per atom or edge, and all paths of an edge become one product
-``T = M(y) @ x`` with ``M(y) = y @ G``, where ``G`` holds every Clebsch-Gordan tensor times
-its path weight; the per-edge weights then multiply ``T`` once. The layout changes happen per
-atom, not per edge, and the sum over neighbours is taken before returning to e3nn's layout.
-Otherwise the product is evaluated path by path, with closed forms for the paths whose
-Clebsch-Gordan tensor is a multiple of the identity or of the Levi-Civita symbol.
+``[D1, mul]`` per atom or edge: the layout changes happen per atom, not per edge, and the
+sum over neighbours is taken before returning to e3nn's layout. Otherwise the product is
+evaluated path by path in e3nn's layout. Either way, paths whose Clebsch-Gordan tensor is a
+multiple of the identity (a scalar times anything, or a dot product) or of the Levi-Civita
+symbol (a cross product) are a few elementwise products; the others use an einsum.
 
 Layout, path normalisation and weight order are e3nn's, so the result equals
 ``o3.TensorProduct`` to float round-off and the two can be swapped without touching the
@@ -104,7 +103,8 @@ class FusedTensorProduct(nn.Module):
     num_k: int
     num_in_components: int
     num_out_components: int
-    g: torch.Tensor
+    cm_paths: List[Tuple[int, int, int, int, int, int, int, int]]
+    cm_coefficients: List[float]
     cg: torch.Tensor
 
     def __init__(
@@ -195,11 +195,10 @@ class FusedTensorProduct(nn.Module):
         """Tables of the channel-major evaluation, used when every ``x`` entry has one multiplicity.
 
         The features of an atom or edge are held as ``[D1, mul]`` (all components of all
-        entries, then the channels), so that all paths are one batched matrix product with a
-        matrix built from the edge attributes: ``T[e, k, u] = sum_i M[e, k, i] x[e, i, u]``,
-        ``M = (y @ G)`` with ``G [dim2, K * D1]`` holding every Clebsch-Gordan tensor times its
-        path weight. ``k`` runs over the output components of every path, path after path,
-        ordered by output entry.
+        entries, then the channels), and each path is evaluated in that layout with its
+        closed form (products and sums of ``[E, mul]`` slices) or, for a generic
+        Clebsch-Gordan tensor, an einsum. ``k`` runs over the output components of every
+        path, path after path, ordered by output entry.
         """
         muls = {mul for mul, _ in self.irreps_in1}
         self.channel_major = len(muls) == 1 and len(self.paths) > 0
@@ -213,28 +212,23 @@ class FusedTensorProduct(nn.Module):
         out_offsets = [0]
         for _, ir in self.irreps_out:
             out_offsets.append(out_offsets[-1] + ir.dim)
-        g = torch.zeros(self.irreps_in2.dim, num_k, d1_offsets[-1], dtype=torch.float64)
-        path_of_k: List[int] = []
         component_of_k: List[int] = []
-        k0 = 0
+        cm_paths: List[Tuple[int, int, int, int, int, int, int, int]] = []
+        cm_coefficients: List[float] = []
         for p in order:
             ins = tp.instructions[p]
-            ir1, ir2, ir_out = self.irreps_in1[ins.i_in1].ir, self.irreps_in2[ins.i_in2].ir, self.irreps_out[ins.i_out].ir
-            cg = o3.wigner_3j(ir1.l, ir2.l, ir_out.l, dtype=torch.float64) * float(ins.path_weight)
+            kind, _, _, d1, _, d2, d_out, _, i_out, cg_start = self.paths[p]
             i0, j0 = d1_offsets[ins.i_in1], d2_offsets[ins.i_in2]
-            # g[j, k, i] = C[i, j, k]
-            g[j0 : j0 + ir2.dim, k0 : k0 + ir_out.dim, i0 : i0 + ir1.dim] = cg.permute(1, 2, 0)
-            path_of_k += [p] * ir_out.dim
-            component_of_k += list(range(out_offsets[ins.i_out], out_offsets[ins.i_out] + ir_out.dim))
-            k0 += ir_out.dim
+            cm_paths.append((kind, p, i0, d1, j0, d2, d_out, cg_start))
+            cm_coefficients.append(self.coefficients[p])
+            component_of_k += list(range(out_offsets[i_out], out_offsets[i_out] + d_out))
+        self.cm_paths = cm_paths
+        self.cm_coefficients = cm_coefficients
         self.num_k = num_k
         self.num_in_components = d1_offsets[-1]
         self.num_out_components = out_offsets[-1]
         # the path sums need an index_add unless every output component has exactly one path
         self.sum_paths = component_of_k != list(range(out_offsets[-1]))
-        # float64 master copies (not buffers, so that .float() / .double() cannot round them)
-        self.g = g.reshape(self.irreps_in2.dim, -1)
-        self.register_buffer("path_of_k", torch.tensor(path_of_k, dtype=torch.long), persistent=False)
         self.register_buffer("component_of_k", torch.tensor(component_of_k, dtype=torch.long), persistent=False)
 
     def to_channel_major(self, x: torch.Tensor) -> torch.Tensor:
@@ -261,15 +255,45 @@ class FusedTensorProduct(nn.Module):
         return torch.cat(blocks, dim=1)
 
     def _messages(self, x_cm: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Channel-major per-path products: ``x_cm [E, D1, mul]`` -> ``[E, K, mul]``."""
+        """Channel-major per-path products: ``x_cm [E, D1, mul]`` -> ``[E, K, mul]``.
+
+        Every path is a few elementwise products of ``[E, mul]`` components (its closed form):
+        on a CPU much faster than a batched product of tiny matrices. The inputs are split
+        into components once (``unbind``) and the outputs stacked once, so that the backward
+        pass does not build a zero-filled full-size gradient for every slice.
+        """
         num = x_cm.shape[0]
-        matrix = torch.mm(y, self.g.to(device=y.device, dtype=y.dtype)).reshape(num, self.num_k, self.num_in_components)
-        if self.num_in_components == 1:  # scalar input (first layer): an outer product, no matmul
-            products = matrix * x_cm
-        else:
-            products = torch.bmm(matrix, x_cm)
-        w = weight.reshape(num, len(self.paths), self.mul).index_select(1, self.path_of_k)
-        return products * w
+        xs = x_cm.unbind(1)  # D1 x [E, mul]
+        ys = y.unsqueeze(2).unbind(1)  # D2 x [E, 1]
+        ws = weight.reshape(num, len(self.paths), self.mul).unbind(1)  # paths x [E, mul]
+        components: List[torch.Tensor] = []
+        for q, (kind, p, i0, d1, j0, d2, d_out, cg_start) in enumerate(self.cm_paths):
+            wp = ws[p] * self.cm_coefficients[q]
+            if kind == 0:  # scalar_left: x scalar, z_k = w x y_k
+                wx = wp * xs[i0]
+                for k in range(d2):
+                    components.append(wx * ys[j0 + k])
+            elif kind == 1:  # scalar_right: y scalar, z_k = w y x_k
+                wy = wp * ys[j0]
+                for k in range(d1):
+                    components.append(wy * xs[i0 + k])
+            elif kind == 2:  # dot: z = w sum_i x_i y_i
+                dot = xs[i0] * ys[j0]
+                for i in range(1, d1):
+                    dot = dot + xs[i0 + i] * ys[j0 + i]
+                components.append(wp * dot)
+            elif kind == 3:  # cross: z = w (x cross y)
+                a0, a1, a2 = xs[i0], xs[i0 + 1], xs[i0 + 2]
+                b0, b1, b2 = ys[j0], ys[j0 + 1], ys[j0 + 2]
+                components.append(wp * (a1 * b2 - a2 * b1))
+                components.append(wp * (a2 * b0 - a0 * b2))
+                components.append(wp * (a0 * b1 - a1 * b0))
+            else:
+                cg = self.cg.narrow(0, cg_start, d1 * d2 * d_out).reshape(d1, d2, d_out).to(device=y.device, dtype=y.dtype)
+                x1 = torch.stack(xs[i0 : i0 + d1], dim=1)
+                part = torch.einsum("eiu,ej,ijk->eku", x1, y.narrow(1, j0, d2), cg) * wp.unsqueeze(1)
+                components.extend(part.unbind(1))
+        return torch.stack(components, dim=1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The tensor product of ``x [E, irreps_in1.dim]`` and ``y [E, irreps_in2.dim]``
