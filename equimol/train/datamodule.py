@@ -1,12 +1,13 @@
 """``AtomsDataModule``: data for training a potential, from a generator, a file or a packaged sample.
 
 The module builds radius graphs with :class:`equimol.data.AtomsDataset`, splits them with a
-seeded :func:`equimol.data.split_indices`, computes :func:`equimol.data.compute_statistics`
-on the training split only (the model receives them through ``set_statistics``), writes
-them as ``statistics.json`` (and the frame indices of each split as ``split.json``) into the
-run folder, and applies augmentation transforms to the
-training split only. Generated data is written once to a cache file (ASE trajectory, exact
-float64) and always read back from it, so a resumed run trains on identical structures.
+seeded :func:`equimol.data.split_indices` (or takes the validation and test sets from their
+own files), computes :func:`equimol.data.compute_statistics` on the training set only (the
+model receives them through ``set_statistics``), writes them as ``statistics.json`` (with the
+file each set came from, and the frame indices of each set as ``split.json``) into the run
+folder, and applies augmentation transforms to the training set only. Generated data is
+written once to a cache file (ASE trajectory, exact float64) and always read back from it, so a
+resumed run trains on identical structures.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import hashlib
 import inspect
 import json
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import ase
 import ase.io
@@ -29,7 +31,15 @@ from torch_geometric.transforms import BaseTransform
 
 from equimol import _keys as K
 
+if TYPE_CHECKING:
+    from equimol.data import AtomsDataset
+
 __all__ = ["AtomsDataModule", "generate_cached", "TransformedSubset"]
+
+# The split of the main source when ``split`` is left unset and no file replaces a set.
+_DEFAULT_SPLIT = [0.8, 0.1, 0.1]
+# ... when ``test_path`` gives the test set: training and validation fractions.
+_DEFAULT_SPLIT_WITH_TEST_FILE = [0.9, 0.1]
 
 
 class TransformedSubset(Dataset):
@@ -115,7 +125,34 @@ def generate_cached(
 class AtomsDataModule(pl.LightningDataModule):
     """Structures with energies (and forces, stress) as radius graphs, split and batched.
 
-    Give exactly one of ``generator``, ``path`` or ``sample``.
+    Give exactly one of ``generator``, ``path`` or ``sample``: the main source. The validation
+    and test sets are either split off the main source or read from their own files:
+
+    - neither ``val_path`` nor ``test_path``: ``split`` divides the main source into training,
+      validation and (with a third entry) test sets; unset, it is ``[0.8, 0.1, 0.1]``.
+    - ``val_path``: the validation set is that file and every frame of the main source is
+      training data; ``split`` must be left unset (giving both is an error naming the two keys,
+      since nothing is split). The test set is ``test_path``, or there is none.
+    - ``test_path`` only: the test set is that file; ``split`` divides the main source into
+      training and validation sets, so it takes 2 entries (3 is an error naming both keys);
+      unset, it is ``[0.9, 0.1]``.
+
+    For example, a fixed training file with a fixed validation file, as in NequIP or MACE::
+
+        data:
+          class_path: equimol.train.AtomsDataModule
+          init_args:
+            cutoff: 4.0
+            path: cu_train.xyz
+            val_path: cu_val.xyz
+            energy_key: REF_energy
+            forces_key: REF_forces
+
+    The files of ``val_path`` and ``test_path`` are read like ``path`` (anything ASE reads,
+    ASE's frame selection such as ``val.xyz@-50:`` included) with the same label keys,
+    ``require``, ``dtype`` and ``on_isolated``, and their graphs are cached the same way. They
+    must carry every label the training data has (a missing one is an error naming the file
+    and the key); species absent from the training data are allowed here.
 
     Args:
         cutoff: radius of the graphs, Å; must equal the model's cutoff.
@@ -123,14 +160,21 @@ class AtomsDataModule(pl.LightningDataModule):
             ``equimol.simulate.GENERATORS`` (``toy2d``, ``lj-cluster``, ``lj-gravity-mc``,
             ``emt-md``, ``molecule-md``); its ``seed`` defaults to ``seed``.
         path: a structure file (extended XYZ or anything ASE reads) or an ASE database.
+        val_path: a structure file holding the validation set (see above); None splits the
+            validation set off the main source.
+        test_path: a structure file holding the test set (see above); None splits the test
+            set off the main source when ``split`` has three entries, else there is none.
         sample: the name of a data file shipped with equimol (``ethanol_gfn2``).
         energy_key: where the energy label is in the frames (``atoms.info`` or calculator
             results); None leaves it out.
         forces_key: where the force labels are (``atoms.arrays`` or calculator results).
         stress_key: where the stress label is (``atoms.info`` or calculator results).
         require: labels every frame must have.
-        split: fractions (``[0.8, 0.1, 0.1]``) or sizes (``[400, 50, 50]``) of the training,
-            validation and (optional third entry) test sets.
+        split: fractions (``[0.8, 0.1, 0.1]``) or sizes (``[400, 50, 50]``) of the sets taken
+            from the main source: training, validation and (optional third entry) test, or
+            training and validation with ``test_path``. None (the default) is
+            ``[0.8, 0.1, 0.1]``, ``[0.9, 0.1]`` with ``test_path``, and no split at all (the
+            whole main source is training data) with ``val_path``.
         seed: seed of the split and default seed of the generator; None uses the seed
             of ``seed_everything`` (so one number in the config seeds everything).
         batch_size: structures per training batch.
@@ -143,8 +187,12 @@ class AtomsDataModule(pl.LightningDataModule):
         dtype: floating dtype of the graphs, ``float32`` or ``float64``.
         on_isolated: ``error`` or ``ignore`` atoms with no neighbour within the cutoff.
 
-    After ``setup``: ``train_set``, ``val_set``, ``test_set``, ``statistics``
-    (a ``DatasetStatistics`` of the training split) and ``split_indices`` (the frame indices).
+    After ``setup``: ``train_set``, ``val_set``, ``test_set`` (None without a test set),
+    ``statistics`` (a ``DatasetStatistics`` of the training set), ``dataset`` (the graphs of
+    the main source), ``sources`` (set name -> the source it was read from) and
+    ``split_indices`` (set name -> frame indices into that source). The run folder receives
+    ``statistics.json`` (the statistics, ``sources`` and the size of each set) and
+    ``split.json`` (``split_indices``).
     """
 
     def __init__(
@@ -152,12 +200,14 @@ class AtomsDataModule(pl.LightningDataModule):
         cutoff: float,
         generator: dict[str, Any] | None = None,
         path: str | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
         sample: str | None = None,
         energy_key: str | None = "energy",
         forces_key: str | None = "forces",
         stress_key: str | None = "stress",
         require: list[Literal["energy", "forces", "stress"]] = ["energy"],  # noqa: B006
-        split: list[int] | list[float] = [0.8, 0.1, 0.1],  # noqa: B006
+        split: list[int] | list[float] | None = None,
         seed: int | None = None,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
@@ -178,18 +228,19 @@ class AtomsDataModule(pl.LightningDataModule):
             raise ValueError(f"data.cutoff must be a positive number of Å, got {cutoff!r}")
         if generator is not None and "name" not in generator:
             raise ValueError(f"data.generator needs a 'name' key, got {sorted(generator)}")
-        if len(split) not in (2, 3):
-            raise ValueError(f"data.split: give 2 (train, val) or 3 (train, val, test) entries, got {split}")
+        resolved_split = _resolve_split(split, val_path, test_path)
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         self.save_hyperparameters(ignore=["train_transforms"])
         self.cutoff = float(cutoff)
         self.generator = dict(generator) if generator is not None else None
         self.path = path
+        self.val_path = val_path
+        self.test_path = test_path
         self.sample = sample
         self.keys = {"energy_key": energy_key, "forces_key": forces_key, "stress_key": stress_key}
         self.require = tuple(require)
-        self.split = list(split)
+        self.split = resolved_split  # of the main source; None: all of it is training data
         self.seed = seed
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -202,6 +253,7 @@ class AtomsDataModule(pl.LightningDataModule):
         self.train_set = self.val_set = self.test_set = None
         self.statistics = None
         self.split_indices: dict[str, list[int]] | None = None
+        self.sources: dict[str, str] | None = None
 
     # ------------------------------------------------------------------------- where
     def _cache_dir(self) -> Path:
@@ -231,10 +283,51 @@ class AtomsDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
             return
-        from equimol.data import AtomsDataset, compute_statistics, split_indices
+        from equimol.data import compute_statistics, split_indices
 
         source = self._source()
-        self.dataset = AtomsDataset(
+        self.dataset = self._graphs(source)
+        if len(self.dataset) == 0:
+            raise ValueError(f"data: {source} holds no structures")
+        if getattr(self.dataset[0], K.ENERGY, None) is None:
+            raise ValueError(
+                f"data: {source} has no energy labels under key {self.keys['energy_key']!r}; "
+                "set data.energy_key to the key that holds the total energy (eV)"
+            )
+        files = {name: path for name, path in (("val", self.val_path), ("test", self.test_path)) if path is not None}
+        datasets = {name: self._file_graphs(f"{name}_path", path) for name, path in files.items()}
+
+        if self.split is None:
+            parts = {"train": list(range(len(self.dataset)))}
+        else:
+            if len(self.dataset) < len(self.split):
+                raise ValueError(f"data: {source} has {len(self.dataset)} structures, too few to split as {self.split}")
+            seed = self.seed if self.seed is not None else _global_seed()
+            names = [name for name in ("train", "val", "test") if name not in files][: len(self.split)]
+            indices = split_indices(len(self.dataset), self.split, seed)
+            parts = {name: part.tolist() for name, part in zip(names, indices, strict=True)}
+        sets = {name: self.dataset for name in parts}
+        sources = {name: str(source) for name in parts}
+        for name, dataset in datasets.items():
+            parts[name] = list(range(len(dataset)))
+            sets[name] = dataset
+            sources[name] = str(files[name])
+        order = [name for name in ("train", "val", "test") if name in parts]
+        self.split_indices = {name: parts[name] for name in order}
+        self.sources = {name: sources[name] for name in order}
+
+        transform = _compose(self.train_transforms)
+        self.train_set = TransformedSubset(sets["train"], parts["train"], transform)
+        self.val_set = TransformedSubset(sets["val"], parts["val"])
+        self.test_set = TransformedSubset(sets["test"], parts["test"]) if "test" in parts else None
+        self.statistics = compute_statistics(self.dataset[i] for i in parts["train"])
+        self._write_statistics(str(source))
+
+    def _graphs(self, source: str | Path) -> AtomsDataset:
+        """The radius graphs of ``source``, built and cached with this module's settings."""
+        from equimol.data import AtomsDataset
+
+        return AtomsDataset(
             source,
             self.cutoff,
             **self.keys,
@@ -243,25 +336,37 @@ class AtomsDataModule(pl.LightningDataModule):
             cache_dir=self._cache_dir(),
             on_isolated=self.on_isolated,
         )
-        if len(self.dataset) == 0:
-            raise ValueError(f"data: {source} holds no structures")
-        if len(self.dataset) < len(self.split):
-            raise ValueError(f"data: {source} has {len(self.dataset)} structures, too few to split as {self.split}")
-        if getattr(self.dataset[0], K.ENERGY, None) is None:
-            raise ValueError(
-                f"data: {source} has no energy labels under key {self.keys['energy_key']!r}; "
-                "set data.energy_key to the key that holds the total energy (eV)"
-            )
-        seed = self.seed if self.seed is not None else _global_seed()
-        parts = split_indices(len(self.dataset), self.split, seed)
-        names = ("train", "val", "test")[: len(parts)]
-        self.split_indices = {name: part.tolist() for name, part in zip(names, parts)}
-        transform = _compose(self.train_transforms)
-        self.train_set = TransformedSubset(self.dataset, self.split_indices["train"], transform)
-        self.val_set = TransformedSubset(self.dataset, self.split_indices["val"])
-        self.test_set = TransformedSubset(self.dataset, self.split_indices["test"]) if "test" in self.split_indices else None
-        self.statistics = compute_statistics(self.dataset[i] for i in self.split_indices["train"])
-        self._write_statistics(str(source))
+
+    def _file_graphs(self, key: str, path: str) -> AtomsDataset:
+        """The graphs of the file of ``data.<key>`` (``val_path``, ``test_path``); errors name the key.
+
+        The file must have every label the training data has, so that the validation and test
+        losses have the same terms as the training loss.
+        """
+        from equimol.data.io import parse_source
+
+        if self.path is not None and parse_source(path)[0].resolve() == parse_source(self.path)[0].resolve():
+            warnings.warn(f"data.{key} and data.path name the same file {path}: the model is "
+                          "selected on its own training data", stacklevel=3)
+        try:
+            dataset = self._graphs(path)
+        except (OSError, ValueError, KeyError) as error:
+            message = f"data.{key}: {error}"
+            try:
+                renamed = type(error)(message)
+            except Exception:  # an error type that takes other arguments
+                raise ValueError(message) from error
+            raise renamed from error
+        if len(dataset) == 0:
+            raise ValueError(f"data.{key}: {path} holds no structures")
+        for name in K.LABEL_KEYS:
+            if name in self.dataset[0] and name not in dataset[0]:
+                raise ValueError(
+                    f"data.{key}: {path} has no {name!r} labels under key {self.keys[f'{name}_key']!r}, "
+                    f"but the training data has them; give this file the same labels (or set "
+                    f"data.{name}_key to null to leave them out everywhere)"
+                )
+        return dataset
 
     def _write_statistics(self, source: str) -> None:
         if not self._trainer_attached() or not self.trainer.is_global_zero:
@@ -270,7 +375,9 @@ class AtomsDataModule(pl.LightningDataModule):
         folder.mkdir(parents=True, exist_ok=True)
         record = {
             "source": source,
+            "sources": self.sources,
             "cutoff": self.cutoff,
+            "split": self.split,
             "split_sizes": {name: len(idx) for name, idx in self.split_indices.items()},
             "statistics": self.statistics.to_dict(),
         }
@@ -280,7 +387,7 @@ class AtomsDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset | None, shuffle: bool, batch_size: int, name: str) -> DataLoader:
         if dataset is None:
-            raise ValueError(f"data: no {name} split; give three entries in data.split")
+            raise ValueError(f"data: no {name} set; give data.test_path or three entries in data.split")
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -300,6 +407,39 @@ class AtomsDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set or self.val_set, False, self.eval_batch_size, "prediction")
+
+
+def _resolve_split(
+    split: Sequence[int] | Sequence[float] | None, val_path: str | None, test_path: str | None
+) -> list[int] | list[float] | None:
+    """The split of the main source: its entries, or None when all of it is training data.
+
+    Raises:
+        ValueError: a split given together with ``val_path``, three entries together with
+            ``test_path``, or a wrong number of entries; the message names the keys.
+    """
+    if val_path is not None:
+        if split is not None:
+            raise ValueError(
+                f"data.split ({list(split)}) and data.val_path ({val_path!r}) were both given: with a "
+                "validation file the whole main source is training data and nothing is split; "
+                "remove data.split (and give data.test_path for a test set)"
+            )
+        return None
+    if test_path is not None:
+        if split is None:
+            return list(_DEFAULT_SPLIT_WITH_TEST_FILE)
+        if len(split) != 2:
+            raise ValueError(
+                f"data.split ({list(split)}) and data.test_path ({test_path!r}): with a test file, "
+                f"data.split gives the 2 sets (train, val) taken from the main source, not {len(split)}"
+            )
+        return list(split)
+    if split is None:
+        return list(_DEFAULT_SPLIT)
+    if len(split) not in (2, 3):
+        raise ValueError(f"data.split: give 2 (train, val) or 3 (train, val, test) entries, got {split}")
+    return list(split)
 
 
 def _compose(transforms: list[Callable[[Data], Data]]) -> Callable[[Data], Data] | None:
