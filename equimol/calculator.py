@@ -27,7 +27,6 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 from torch import nn
-from torch_geometric.data import Batch
 
 from equimol import _keys as K
 from equimol.data.graph import atoms_to_graph
@@ -78,6 +77,13 @@ class EquimolCalculator(Calculator):
             conservation in MD); default: the dtype of the model's parameters. A model object
             given with another dtype is converted (the object itself is left unchanged).
         cutoff: radius of the graph, Å; default ``model.cutoff`` (it must be set one way).
+        compile: ``torch.compile`` the model's network (``model.network`` when it has one,
+            else its ``energy``) with dynamic shapes: the first call then takes tens of
+            seconds, later calls are faster (see the performance page of the docs). Exported
+            models are compiled already.
+
+    The calculator holds its own copy of the model, with gradients of the parameters
+    switched off (only the gradient with respect to positions and strain is taken).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
@@ -88,6 +94,7 @@ class EquimolCalculator(Calculator):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         cutoff: float | None = None,
+        compile: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -97,8 +104,16 @@ class EquimolCalculator(Calculator):
         self.dtype = dtype or model_dtype
         if self.dtype != model_dtype:
             network = network.to(self.dtype)
+        for parameter in network.parameters():
+            parameter.requires_grad_(False)
         self.model = network
         self.exported = isinstance(network, torch.jit.ScriptModule)
+        self.compiled = bool(compile) and not self.exported
+        if self.compiled:
+            if isinstance(getattr(network, "network", None), nn.Module):
+                network.network = torch.compile(network.network, dynamic=True)
+            else:
+                network.energy = torch.compile(network.energy, dynamic=True)
         model_cutoff = getattr(network, "cutoff", None)
         value = cutoff if cutoff is not None else model_cutoff
         if value is None:
@@ -124,16 +139,15 @@ class EquimolCalculator(Calculator):
             raise PropertyNotImplementedError("stress needs a cell that is periodic along all three axes")
         if want_stress and self.exported:
             raise PropertyNotImplementedError("an exported model computes energy and forces only")
-        data = atoms_to_graph(atoms, self.cutoff, dtype=self.dtype, on_isolated="ignore")
-        batch = Batch.from_data_list([data]).to(self.device)
+        # one structure: a plain graph, no collation (the model reads it as a batch of one)
+        data = atoms_to_graph(atoms, self.cutoff, dtype=self.dtype, on_isolated="ignore").to(self.device)
         if self.exported:
-            energy, forces = self.model(
-                batch.pos, batch.z, batch.edge_index, batch.edge_shift, batch.cell, batch.batch
-            )
+            batch = torch.zeros(data.pos.shape[0], dtype=torch.long, device=self.device)
+            energy, forces = self.model(data.pos, data.z, data.edge_index, data.edge_shift, data.cell, batch)
             out = {K.ENERGY: energy, K.FORCES: forces}
         else:
             with torch.no_grad():  # inference: the forces need no graph beyond their own
-                out = self.model(batch, compute_forces=True, compute_stress=want_stress or periodic)
+                out = self.model(data, compute_forces=True, compute_stress=want_stress or periodic)
         energy = float(out[K.ENERGY].detach().sum())
         self.results = {
             "energy": energy,

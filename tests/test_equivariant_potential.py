@@ -324,18 +324,41 @@ def test_float32_and_float64_models_agree(models, rng):
 
 
 @pytest.mark.slow
-def test_torch_compile_matches_eager(rng):
-    """Inference (eval mode: forces without double backward) through ``torch.compile``.
+def test_compiled_calculator_matches_eager_and_keeps_the_physics(rng):
+    """``EquimolCalculator(compile=True)`` (``torch.compile`` with dynamic shapes): the same
+    energies and forces as eager on a periodic cell and on a molecule of another size, forces
+    equal to central finite differences of its own energy, and rotation-equivariant forces.
 
-    Marked slow: compiling takes 20-30 s of CPU time even for this one-layer model.
+    Marked slow: compiling takes 20-40 s of CPU time.
     """
-    model = make_model(torch.float32, l_max=1, channels=4, num_layers=1).eval()
-    graph = atoms_to_graph(random_molecule(rng, num_atoms=5), CUTOFF)
-    with torch.no_grad():  # inference: forces by autograd inside, no graph kept outside
-        eager = model(graph)
-        compiled = torch.compile(model)(graph)
-    torch.testing.assert_close(compiled["energy"], eager["energy"], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(compiled["forces"], eager["forces"], rtol=1e-5, atol=1e-5)
+    from scipy.spatial.transform import Rotation
+
+    from equimol.calculator import EquimolCalculator
+
+    model = make_model(torch.float64, l_max=1, channels=4, num_layers=2).eval()
+    eager = EquimolCalculator(model)
+    compiled = EquimolCalculator(model, compile=True)
+    for atoms in (random_cell(rng, 6), random_molecule(rng, 7)):
+        eager.calculate(atoms, ["energy", "forces"])
+        compiled.calculate(atoms, ["energy", "forces"])
+        assert abs(compiled.results["energy"] - eager.results["energy"]) < 1e-9
+        assert np.abs(compiled.results["forces"] - eager.results["forces"]).max() < 1e-9
+    atoms = random_molecule(rng, 7)
+    compiled.calculate(atoms, ["energy", "forces"])
+    forces, step = compiled.results["forces"], 1e-4
+    for atom, axis in ((0, 0), (3, 1), (6, 2)):
+        energies = []
+        for sign in (1.0, -1.0):
+            moved = atoms.copy()
+            moved.positions[atom, axis] += sign * step
+            compiled.calculate(moved, ["energy"])
+            energies.append(compiled.results["energy"])
+        assert abs(-(energies[0] - energies[1]) / (2 * step) - forces[atom, axis]) < 1e-6
+    rotation = Rotation.random(random_state=1).as_matrix()
+    rotated = atoms.copy()
+    rotated.positions = atoms.positions @ rotation.T
+    compiled.calculate(rotated, ["energy", "forces"])
+    assert np.abs(compiled.results["forces"] - forces @ rotation.T).max() < 1e-9
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
