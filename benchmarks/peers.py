@@ -324,12 +324,16 @@ def train(args: argparse.Namespace) -> None:
     train_file = Path(args.train_file or data / f"{args.system}_train.xyz")
     if not train_file.is_file():
         raise SystemExit(f"{train_file}: no training data; run the harness's make_data.py --out {data}")
+    val_file = Path(args.val_file or data / f"{args.system}_val.xyz")
+    if not val_file.is_file():
+        raise SystemExit(f"{val_file}: no validation data; run the harness's make_data.py --out {data}")
     root = Path(args.root or f"runs/peers_{args.system}")
     budget = int(args.budget)
     command = [
         sys.executable, "-m", "equimol.cli", "fit",
         "--config", str(REPOSITORY / "configs" / "peers" / f"{args.system}.yaml"),
         "--data.init_args.path", str(train_file),
+        "--data.init_args.val_path", str(val_file),
         "--trainer.default_root_dir", str(root),
         "--trainer.max_time", f"00:00:{budget // 60:02d}:{budget % 60:02d}",
     ]
@@ -397,6 +401,7 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=600, help="wall-clock seconds of training")
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--train-file", default=None, help="default: $PEERBENCH/data/{system}_train.xyz")
+    p.add_argument("--val-file", default=None, help="default: $PEERBENCH/data/{system}_val.xyz")
     p.add_argument("--root", default=None, help="run folder; default runs/peers_{system}")
     p = sub.add_parser("infer", help="the harness's bench_infer.py on a trained equimol model")
     p.add_argument("--system", choices=["cu", "etoh"], default="cu")

@@ -77,10 +77,12 @@ class EquimolCalculator(Calculator):
             conservation in MD); default: the dtype of the model's parameters. A model object
             given with another dtype is converted (the object itself is left unchanged).
         cutoff: radius of the graph, Å; default ``model.cutoff`` (it must be set one way).
-        compile: ``torch.compile`` the model's network (``model.network`` when it has one,
-            else its ``energy``) with dynamic shapes: the first call then takes tens of
-            seconds, later calls are faster (see the performance page of the docs). Exported
-            models are compiled already.
+        compile: True compiles the model: energy and forces as one compiled graph for models
+            with ``set_compile`` (:class:`~equimol.models.EquivariantPotential`), otherwise
+            ``torch.compile`` of its ``energy`` (dynamic shapes). The first call then takes
+            tens of seconds, later calls are faster (see the performance page of the docs).
+            False runs eagerly; None (default) keeps the model's own setting (a model
+            trained with ``compile: true`` stays compiled). Exported models are compiled already.
 
     The calculator holds its own copy of the model, with gradients of the parameters
     switched off (only the gradient with respect to positions and strain is taken).
@@ -94,7 +96,7 @@ class EquimolCalculator(Calculator):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         cutoff: float | None = None,
-        compile: bool = False,
+        compile: bool | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -108,11 +110,10 @@ class EquimolCalculator(Calculator):
             parameter.requires_grad_(False)
         self.model = network
         self.exported = isinstance(network, torch.jit.ScriptModule)
-        self.compiled = bool(compile) and not self.exported
-        if self.compiled:
-            if isinstance(getattr(network, "network", None), nn.Module):
-                network.network = torch.compile(network.network, dynamic=True)
-            else:
+        if compile is not None and not self.exported:
+            if hasattr(network, "set_compile"):  # energy and forces as one compiled graph
+                network.set_compile(bool(compile))
+            elif compile:
                 network.energy = torch.compile(network.energy, dynamic=True)
         model_cutoff = getattr(network, "cutoff", None)
         value = cutoff if cutoff is not None else model_cutoff

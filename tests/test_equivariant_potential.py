@@ -325,8 +325,9 @@ def test_float32_and_float64_models_agree(models, rng):
 
 @pytest.mark.slow
 def test_compiled_calculator_matches_eager_and_keeps_the_physics(rng):
-    """``EquimolCalculator(compile=True)`` (``torch.compile`` with dynamic shapes): the same
-    energies and forces as eager on a periodic cell and on a molecule of another size, forces
+    """``EquimolCalculator(compile=True)`` (energies and forces as one traced graph, compiled with
+    dynamic shapes): the same energies, forces and stress as eager on a periodic cell and on a
+    molecule of another size, forces
     equal to central finite differences of its own energy, and rotation-equivariant forces.
 
     Marked slow: compiling takes 20-40 s of CPU time.
@@ -338,11 +339,14 @@ def test_compiled_calculator_matches_eager_and_keeps_the_physics(rng):
     model = make_model(torch.float64, l_max=1, channels=4, num_layers=2).eval()
     eager = EquimolCalculator(model)
     compiled = EquimolCalculator(model, compile=True)
+    assert eager.model.traced is None and compiled.model.traced is not None
     for atoms in (random_cell(rng, 6), random_molecule(rng, 7)):
         eager.calculate(atoms, ["energy", "forces"])
         compiled.calculate(atoms, ["energy", "forces"])
         assert abs(compiled.results["energy"] - eager.results["energy"]) < 1e-9
         assert np.abs(compiled.results["forces"] - eager.results["forces"]).max() < 1e-9
+        if atoms.pbc.all():
+            assert np.abs(compiled.results["stress"] - eager.results["stress"]).max() < 1e-9
     atoms = random_molecule(rng, 7)
     compiled.calculate(atoms, ["energy", "forces"])
     forces, step = compiled.results["forces"], 1e-4

@@ -16,7 +16,7 @@ from torch_geometric.data import Data
 
 from equimol import _keys as K
 
-__all__ = ["Potential", "structure_index", "num_structures", "fully_periodic"]
+__all__ = ["Potential", "structure_index", "num_structures", "fully_periodic", "stress_from_virial"]
 
 
 def structure_index(data: Data) -> torch.Tensor:
@@ -132,14 +132,17 @@ class Potential(nn.Module):
         if compute_forces:
             out[K.FORCES] = _zeros_if_none(grads[0], inputs[0]).neg()
         if compute_stress:
-            volume = torch.linalg.det(data.cell.reshape(-1, 3, 3)).abs()
-            periodic = fully_periodic(data)
-            volume = torch.where(periodic, volume, torch.ones_like(volume))
-            virial = _zeros_if_none(grads[1], inputs[1])
-            out[K.STRESS] = torch.where(
-                periodic[:, None, None], virial / volume[:, None, None], torch.zeros_like(virial)
-            )
+            out[K.STRESS] = stress_from_virial(_zeros_if_none(grads[1], inputs[1]), data)
         return out
+
+
+def stress_from_virial(virial: torch.Tensor, data: Data) -> torch.Tensor:
+    """``stress [B, 3, 3] = dE/dstrain / V`` eV/Å³ from ``virial = dE/dstrain [B, 3, 3]`` eV;
+    zeros for structures that are not periodic along all three axes."""
+    volume = torch.linalg.det(data.cell.reshape(-1, 3, 3)).abs()
+    periodic = fully_periodic(data)
+    volume = torch.where(periodic, volume, torch.ones_like(volume))
+    return torch.where(periodic[:, None, None], virial / volume[:, None, None], torch.zeros_like(virial))
 
 
 def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,8 @@ from torch_geometric.utils import scatter
 
 from equimol import _keys as K
 from equimol.data.graph import edge_vectors
-from equimol.models.base import Potential, num_structures, structure_index
+from equimol.models._traced import TracedEdgeGradients, forces_from_edge_gradients, virial_from_edge_gradients
+from equimol.models.base import Potential, num_structures, stress_from_virial, structure_index
 from equimol.nn import (
     InteractionBlock,
     PerSpeciesScaleShift,
@@ -165,6 +166,13 @@ class EquivariantPotential(Potential):
             (default, :class:`~equimol.nn.FusedTensorProduct`) or ``"e3nn"``
             (``o3.TensorProduct``): the same numbers to float round-off, the fused one
             faster. The parameters are the same, so a state dict loads into either.
+        compile: compute energies, forces and stress through one compiled graph
+            (:class:`~equimol.models._traced.TracedEdgeGradients`: the network and the
+            gradient of its energy with respect to the edge vectors, traced with symbolic
+            shapes and ``torch.compile``-d, training included). The first call traces and
+            compiles (about a minute on a CPU, once per device, dtype and train/inference
+            use); later calls are faster. The outputs are differentiable with respect to the
+            parameters (training) but not the positions. Same parameters either way.
 
     ``energy(data, pos, cell)`` returns ``energy [B]`` eV and ``per_atom_energy [N]`` eV.
     """
@@ -184,6 +192,7 @@ class EquivariantPotential(Potential):
         energy_scale: float = 1.0,
         trainable_scale_shift: bool = True,
         tensor_product: str = "fused",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if cutoff <= 0 or not math.isfinite(cutoff):
@@ -211,6 +220,36 @@ class EquivariantPotential(Potential):
         z_to_type = torch.full((_MAX_Z + 1,), -1, dtype=torch.long)
         z_to_type[torch.tensor(self.atomic_numbers)] = torch.arange(len(self.atomic_numbers))
         self.register_buffer("z_to_type", z_to_type, persistent=False)
+        self.traced: TracedEdgeGradients | None = None
+        self.set_compile(compile)
+
+    def set_compile(self, enabled: bool) -> None:
+        """Use the compiled energy-and-forces graph from now on (``enabled``), or eager autograd."""
+        self.traced = TracedEdgeGradients(self.network) if enabled else None
+
+    def forward(
+        self, data: Data, compute_forces: bool = True, compute_stress: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Energy, forces and stress as in :meth:`Potential.forward`; through the compiled
+        graph when the model was built with ``compile=True``."""
+        if self.traced is None or not (compute_forces or compute_stress):
+            return super().forward(data, compute_forces, compute_stress)
+        batch = getattr(data, K.BATCH, None)
+        structures = structure_index(data)
+        count = num_structures(data)
+        cell = data.cell.reshape(-1, 3, 3)
+        types = self.species_index(data.z)
+        vectors = edge_vectors(data.pos, data.edge_index, data.edge_shift, cell, batch).detach()
+        per_atom, edge_grad = self.traced(types, vectors, data.edge_index)
+        energy = scatter(per_atom, structures, dim=0, dim_size=count, reduce="sum")
+        out = {K.ENERGY: energy, K.PER_ATOM_ENERGY: per_atom}
+        if compute_forces:
+            out[K.FORCES] = forces_from_edge_gradients(edge_grad, data.edge_index, data.pos.shape[0])
+        if compute_stress:
+            edge_structure = structures.index_select(0, data.edge_index[1])
+            virial = virial_from_edge_gradients(vectors, edge_grad, edge_structure, count)
+            out[K.STRESS] = stress_from_virial(virial, data)
+        return out
 
     def _reference_shifts(self, reference_energies: Mapping[Any, float]) -> list[float]:
         by_z = {}

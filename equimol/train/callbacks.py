@@ -8,6 +8,10 @@ resumed run continues where it stopped).
 
 from __future__ import annotations
 
+import json
+import statistics
+import time
+
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from equimol.train.plots import figure_to_array, loss_curve_figure, parity_figure, save_figure
 
-__all__ = ["EMA", "BestAndLastCheckpoint", "ParityPlot", "LossCurve", "LearningRateLogger", "log_figure"]
+__all__ = ["EMA", "BestAndLastCheckpoint", "ParityPlot", "LossCurve", "LearningRateLogger", "EpochTimer", "log_figure"]
 
 
 def _ema_multi_avg_fn(decay: float, warmup: bool) -> Callable[[list, list, Any], None]:
@@ -317,3 +321,72 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+
+
+class EpochTimer(Callback):
+    """Wall time of every training epoch, one JSON line per epoch in ``out_file``.
+
+    Each line holds ``epoch``, ``n_steps``, ``epoch_wall_s`` (training and the validation run
+    inside the epoch), ``val_wall_s``, ``train_wall_s`` (the difference: optimisation steps
+    and data loading), ``step_sum_s`` and ``step_median_s`` (time from the start to the end
+    of each training batch: forward, backward, optimiser step) and ``torch_threads``.
+    The first epoch includes any compilation.
+
+    Args:
+        out_file: JSON-lines file; default ``epoch_times.jsonl`` in the trainer's
+            ``default_root_dir``. Lines are appended, so a resumed run continues the file.
+
+    Config::
+
+        trainer:
+          callbacks:
+            - class_path: equimol.train.callbacks.EpochTimer
+    """
+
+    def __init__(self, out_file: str | None = None) -> None:
+        super().__init__()
+        self.out_file = out_file
+        self._epoch_start: float | None = None
+        self._batch_start: float | None = None
+        self._val_start: float | None = None
+        self._val_s = 0.0
+        self._steps: list[float] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start, self._val_s, self._steps = time.perf_counter(), 0.0, []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._batch_start is not None:
+            self._steps.append(time.perf_counter() - self._batch_start)
+            self._batch_start = None
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._val_start is not None and self._epoch_start is not None:
+            self._val_s += time.perf_counter() - self._val_start
+        self._val_start = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._epoch_start is None or not trainer.is_global_zero:
+            return
+        wall = time.perf_counter() - self._epoch_start
+        record = {
+            "epoch": int(trainer.current_epoch),
+            "n_steps": len(self._steps),
+            "epoch_wall_s": wall,
+            "val_wall_s": self._val_s,
+            "train_wall_s": wall - self._val_s,
+            "step_sum_s": sum(self._steps),
+            "step_median_s": statistics.median(self._steps) if self._steps else None,
+            "torch_threads": torch.get_num_threads(),
+        }
+        path = Path(self.out_file or Path(trainer.default_root_dir) / "epoch_times.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self._epoch_start = None

@@ -1,0 +1,146 @@
+"""Energies and their edge gradients as one compiled graph, for training and inference.
+
+``torch.compile`` cannot compile a double backward (a loss on forces, which are themselves a
+gradient), so compiling the network alone leaves the force computation and its backward to
+eager autograd. Here the function ``(parameters, edge vectors) -> (per-atom energies,
+dE/d(edge vectors))`` is traced once with ``make_fx`` (symbolic shapes, the backward pass of
+the forces written out as ordinary operations) and that graph is compiled: its own backward,
+which training needs, is then a first derivative that ``torch.compile`` handles.
+
+Forces and stress follow from the edge gradients exactly as autograd would give them: for an
+edge ``r_e = pos[j] - pos[i] + shift @ cell`` with ``g_e = dE/dr_e``,
+``dE/dpos_j += g_e``, ``dE/dpos_i -= g_e`` and ``dE/dstrain = sum_e r_e (x) g_e``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["TracedEdgeGradients", "forces_from_edge_gradients", "virial_from_edge_gradients"]
+
+
+def forces_from_edge_gradients(edge_grad: torch.Tensor, edge_index: torch.Tensor, num_atoms: int) -> torch.Tensor:
+    """``forces [N, 3] = -dE/dpos`` from ``edge_grad [E, 3] = dE/d(edge vector)``.
+
+    Edge vectors point from the centre ``edge_index[1]`` to the neighbour ``edge_index[0]``.
+    """
+    forces = edge_grad.new_zeros((num_atoms, 3))
+    forces = forces.index_add(0, edge_index[1], edge_grad)
+    return forces.index_add(0, edge_index[0], edge_grad, alpha=-1.0)
+
+
+def virial_from_edge_gradients(
+    edge_vec: torch.Tensor, edge_grad: torch.Tensor, edge_structure: torch.Tensor, num_structures: int
+) -> torch.Tensor:
+    """``dE/dstrain [B, 3, 3]`` for a symmetric strain: ``sym(sum_e r_e (x) g_e)`` per structure.
+
+    Args:
+        edge_vec: [E, 3] Å.
+        edge_grad: [E, 3] eV/Å.
+        edge_structure: [E] structure index of each edge.
+        num_structures: B.
+    """
+    outer = (edge_vec.unsqueeze(2) * edge_grad.unsqueeze(1)).reshape(-1, 9)
+    virial = outer.new_zeros((num_structures, 9)).index_add(0, edge_structure, outer).reshape(-1, 3, 3)
+    return 0.5 * (virial + virial.transpose(1, 2))
+
+
+class TracedEdgeGradients:
+    """``network(types, edge_vec, edge_index) -> per-atom energies [N]``, with ``dE/d edge_vec``,
+    traced and compiled on first use.
+
+    One graph is kept per (device, dtype, differentiable): the differentiable one (training:
+    its outputs carry gradients to the parameters) and the inference one (parameters frozen
+    or gradients off). Shapes are symbolic, so batches of any size reuse the graph.
+
+    Not a module: it holds the network by reference (its parameters stay the network's own,
+    read at each call) and is left out of copies and pickles, which trace again when used.
+
+    Args:
+        network: the module mapping ``types [N]``, ``edge_vec [E, 3]`` Å, ``edge_index [2, E]``
+            to per-atom energies ``[N]`` eV.
+        compile: ``torch.compile`` the traced graph (False runs the traced graph as it is,
+            which is useful for testing the trace).
+    """
+
+    def __init__(self, network: nn.Module, compile: bool = True) -> None:
+        self.network = network
+        self.compile = bool(compile)
+        self._graphs: dict[tuple, Callable] = {}
+
+    def __deepcopy__(self, memo: dict) -> "TracedEdgeGradients":
+        # the copy follows the copied network (the same object the copied model holds)
+        return TracedEdgeGradients(copy.deepcopy(self.network, memo), self.compile)
+
+    def __getstate__(self) -> dict:
+        return {"network": self.network, "compile": self.compile, "_graphs": {}}
+
+    def __call__(
+        self, types: torch.Tensor, edge_vec: torch.Tensor, edge_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies ``[N]`` eV and ``dE/d edge_vec [E, 3]`` eV/Å.
+
+        Differentiable with respect to the network's parameters when gradients are enabled
+        and a parameter requires them (training); ``edge_vec`` is treated as data. A network
+        whose parameters require gradients uses the differentiable graph even with gradients
+        off (validation), so that it is not compiled a second time; the outputs are then
+        detached.
+        """
+        params = dict(self.network.named_parameters())
+        buffers = dict(self.network.named_buffers())
+        differentiable = any(p.requires_grad for p in params.values())
+        key = (edge_vec.device, edge_vec.dtype, differentiable)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._trace(params, buffers, types, edge_vec.detach(), edge_index, differentiable)
+            self._graphs[key] = graph
+        grad_enabled = torch.is_grad_enabled()
+        with torch.set_grad_enabled(differentiable):
+            per_atom, edge_grad = graph(params, buffers, types, edge_vec.detach(), edge_index)
+        if differentiable and not grad_enabled:
+            per_atom, edge_grad = per_atom.detach(), edge_grad.detach()
+        return per_atom, edge_grad
+
+    def _trace(self, params, buffers, types, edge_vec, edge_index, differentiable: bool) -> Callable:
+        from torch.func import functional_call
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        network = self.network
+
+        def energies_and_edge_gradients(params, buffers, types, edge_vec, edge_index):
+            with torch.enable_grad():
+                edge_vec = edge_vec.requires_grad_(True)
+                per_atom = functional_call(network, (params, buffers), (types, edge_vec, edge_index))
+                (edge_grad,) = torch.autograd.grad(per_atom.sum(), edge_vec, create_graph=differentiable)
+            return per_atom, edge_grad
+
+        # trace with gradients off for the inference graph, so no autograd bookkeeping is recorded
+        with torch.set_grad_enabled(differentiable):
+            graph = make_fx(energies_and_edge_gradients, tracing_mode="symbolic")(
+                params, buffers, types, edge_vec, edge_index
+            )
+        if differentiable:
+            _reattach_saved_outputs(graph)
+        return torch.compile(graph, dynamic=True) if self.compile else graph
+
+
+def _reattach_saved_outputs(graph: torch.fx.GraphModule) -> None:
+    """Remove the ``detach`` nodes of a traced double-differentiable graph, in place.
+
+    Autograd saves the outputs of operations such as ``sigmoid``, ``tanh``, ``exp`` or
+    ``sqrt`` for their backward, and ``make_fx`` records each unpacked saved output as a
+    ``detach`` of it. The backward written into the graph then uses a detached copy, and a
+    loss on the forces loses the gradient that flows through it (the parameter gradients of
+    a gated network come out wrong). The network itself detaches nothing, so every ``detach``
+    in the trace is such a record and the derivative is restored by using the tensor itself.
+    """
+    for node in list(graph.graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten.detach.default:
+            node.replace_all_uses_with(node.args[0])
+            graph.graph.erase_node(node)
+    graph.graph.lint()
+    graph.recompile()
