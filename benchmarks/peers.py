@@ -87,17 +87,19 @@ def calculator(model_path: str):
     """ASE calculator for the harness: ``bench_infer.py --peer py:peers:calculator``.
 
     Loads a checkpoint of ``equimol fit`` (or an exported model), switches its convolutions to
-    ``$EQUIMOL_TENSOR_PRODUCT`` (default ``fused``) and, with ``$EQUIMOL_COMPILE=1``, compiles
-    the network with ``torch.compile(dynamic=True)`` (the first call then takes minutes).
+    ``$EQUIMOL_TENSOR_PRODUCT`` (default ``fused``) and compiles it with ``$EQUIMOL_COMPILE=1``
+    (energies and forces as one compiled graph; the first call then takes about a minute),
+    runs it eagerly with ``$EQUIMOL_COMPILE=0``, and otherwise keeps the setting it was
+    trained with (``compile: true`` in ``configs/peers``).
     """
     from equimol.calculator import EquimolCalculator
 
-    calc = EquimolCalculator(model_path)
-    network = getattr(calc.model, "network", None)
-    if network is not None:
+    flag = os.environ.get("EQUIMOL_COMPILE")
+    calc = EquimolCalculator(model_path, compile=None if flag is None else flag == "1")
+    if getattr(calc.model, "network", None) is not None:
         use_tensor_product(calc.model, os.environ.get("EQUIMOL_TENSOR_PRODUCT", "fused"))
-        if os.environ.get("EQUIMOL_COMPILE", "0") == "1":
-            calc.model.network = torch.compile(network, dynamic=True)
+        if getattr(calc.model, "traced", None) is not None:
+            calc.model.set_compile(True)  # trace again after the switch
     return calc
 
 
@@ -216,16 +218,13 @@ def speed(args: argparse.Namespace) -> None:
     for name, tensor_product, compiled in (
         ("e3nn, eager", "e3nn", False),
         ("fused, eager", "fused", False),
-        ("fused, torch.compile", "fused", True),
+        ("fused, compiled", "fused", True),
     ):
         if compiled and args.no_compile:
             continue
         model = EquivariantPotential(species, tensor_product=tensor_product, **MATCHED)
         model.load_state_dict(reference.state_dict())
-        calc = EquimolCalculator(model.eval())
-        if compiled:
-            calc.model.network = torch.compile(calc.model.network, dynamic=True)
-        variants[name] = calc
+        variants[name] = EquimolCalculator(model.eval(), compile=compiled)
 
     rng = np.random.default_rng(args.seed)
     frames = [atoms.copy() for _ in range(4)]
@@ -267,10 +266,20 @@ def speed(args: argparse.Namespace) -> None:
 
     batch = Batch.from_data_list([atoms_to_graph(rattled(build, s), MATCHED["cutoff"]) for s in range(5)])
     steps = {}
-    for tensor_product in ("e3nn", "fused"):
-        model = EquivariantPotential(species, tensor_product=tensor_product, **MATCHED)
+    for name, tensor_product, compiled in (
+        ("e3nn, eager", "e3nn", False),
+        ("fused, eager", "fused", False),
+        ("fused, compiled", "fused", True),
+    ):
+        if compiled and args.no_compile:
+            continue
+        model = EquivariantPotential(species, tensor_product=tensor_product, compile=compiled, **MATCHED)
         model.load_state_dict(reference.state_dict())
-        steps[f"{tensor_product}, eager"] = training_step(model, batch)
+        steps[name] = training_step(model, batch)
+        if compiled:
+            start = time.perf_counter()
+            steps[name]()
+            print(f"(training graph traced and compiled in {time.perf_counter() - start:.0f} s)")
     load_before = loadavg()
     step_times = interleaved_medians(steps, max(3, args.repeats // 2))
     print()
@@ -364,28 +373,70 @@ def infer(args: argparse.Namespace) -> None:
     print(json.dumps(json.loads(out.read_text()), indent=1)[:2000])
 
 
+def _median_inference(results: Path, pattern: str) -> dict | None:
+    """Medians over the repetitions ``infer_*_r<i>.json`` (or single files) matching ``pattern``."""
+    runs = [json.loads(path.read_text()) for path in sorted(results.glob(pattern))] if results.is_dir() else []
+    if not runs:
+        return None
+    return dict(
+        ms=statistics.median(r["single_ms_median"] for r in runs),
+        e_mae=statistics.median(r["E_MAE_meV_per_atom"] for r in runs),
+        e_mae_total=statistics.median(r["E_MAE_meV"] for r in runs),
+        f_mae=statistics.median(r["F_MAE_meV_per_A"] for r in runs),
+        reps=len(runs),
+        load=[r["loadavg_at_end"][0] for r in runs],
+    )
+
+
+def _median_epoch(path: Path) -> tuple[float, int] | None:
+    """Median training wall time per epoch (validation excluded; the first epoch, which holds
+    any compilation, left out) and the number of epochs, from an ``epoch_times.jsonl``."""
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    times = [r["train_wall_s"] for r in records[1:] if r.get("n_steps")] or [r["train_wall_s"] for r in records]
+    return (statistics.median(times), len(records)) if times else None
+
+
 def table(args: argparse.Namespace) -> None:
+    """The ratio table of one sitting: inference speed and accuracy from the harness's
+    ``bench_infer.py`` results, training throughput from the per-epoch times."""
     results = peerbench() / "results" / ("" if args.system == "cu" else args.system)
-    ours = sorted(results.glob("infer_equimol_*.json")) if results.is_dir() else []
-    same_sitting = {}
-    for name, pattern in (("NequIP AOTI", "infer_nequip_t1*.json"), ("MACE l<=1", "infer_mace_t1*.json")):
-        found = sorted(results.glob(pattern)) if results.is_dir() else []
-        if found:
-            r = json.loads(found[-1].read_text())
-            same_sitting[name] = dict(ms=r["single_ms_median"], e_mae=r["E_MAE_meV_per_atom"], f_mae=r["F_MAE_meV_per_A"])
-    peers = same_sitting or {k: v for k, v in PUBLISHED[args.system].items()}
-    print(f"peers: {'same sitting, ' + str(results) if same_sitting else 'the harness published table (not this sitting)'}")
-    if not ours:
-        print(f"no equimol results in {results}; run `peers.py infer` first")
-        return
-    header = f"{'equimol run':36} {'ms/call':>8} {'E meV/atom':>10} {'F meV/Å':>8}  " + "  ".join(f"{'x ' + k:>14}" for k in peers)
+    rows = {
+        "equimol": (_median_inference(results, "infer_py_peers_calculator_t1*.json")
+                    or _median_inference(results, "infer_equimol_*.json"),
+                    _median_epoch(Path(args.root or f"runs/peers_{args.system}") / "epoch_times.jsonl")),
+        "NequIP AOTI": (_median_inference(results, "infer_nequip_t1*.json"),
+                        _median_epoch(peerbench() / f"nequip_{args.system}" / "out" / "epoch_times.jsonl")),
+        "MACE l<=1": (_median_inference(results, "infer_mace_t1*.json"), None),
+    }
+    published = PUBLISHED[args.system]
+    print(f"{args.system}: results in {results}; peers without results here use the harness's published table")
+    header = (f"{'model':12} {'ms/call':>8} {'E meV/atom':>10} {'E meV':>7} {'F meV/Å':>8} {'s/epoch':>8} "
+              f"{'epochs':>6}  {'inference x':>11} {'training x':>10}")
     print(header)
     print("-" * len(header))
-    for path in ours:
-        r = json.loads(path.read_text())
-        ratios = "  ".join(f"{v['ms'] / r['single_ms_median']:14.2f}" for v in peers.values())
-        print(f"{path.stem:36} {r['single_ms_median']:8.2f} {r['E_MAE_meV_per_atom']:10.2f} {r['F_MAE_meV_per_A']:8.1f}  {ratios}")
-    print(f"(x: peer time / equimol time; targets {TARGETS['inference']}x NequIP AOTInductor for inference)")
+    ours_inference, ours_epoch = rows["equimol"]
+    for name, (inference, epoch) in rows.items():
+        source = ""
+        if inference is None and name in published:
+            p = published[name]
+            inference = dict(ms=p["ms"], e_mae=p["e_mae"], e_mae_total=p["e_mae"] * p["atoms"], f_mae=p["f_mae"])
+            source = " (published)"
+        if epoch is None and name in published and published[name]["epoch_s"] is not None:
+            epoch = (published[name]["epoch_s"], 0)
+        if inference is None:
+            print(f"{name:12} no results")
+            continue
+        speed = f"{inference['ms'] / ours_inference['ms']:11.2f}" if ours_inference else f"{'':11}"
+        train = f"{epoch[0] / ours_epoch[0]:10.2f}" if (epoch and ours_epoch) else f"{'':10}"
+        epoch_s = f"{epoch[0]:8.1f}" if epoch else f"{'':8}"
+        epochs = f"{epoch[1]:6d}" if epoch else f"{'':6}"
+        print(f"{name:12} {inference['ms']:8.2f} {inference['e_mae']:10.2f} {inference['e_mae_total']:7.1f} "
+              f"{inference['f_mae']:8.1f} {epoch_s} {epochs}  {speed} {train}{source}")
+    print(f"(x: model's time / equimol's time; targets {TARGETS['inference']}x NequIP AOTInductor for "
+          f"inference, {TARGETS['training']}x for training; s/epoch: median training wall time of 100 "
+          f"steps without validation, first epoch (compilation) excluded)")
 
 
 def main() -> None:
@@ -410,6 +461,7 @@ def main() -> None:
     p.add_argument("--harness", default=None)
     p = sub.add_parser("table", help="the ratio table")
     p.add_argument("--system", choices=["cu", "etoh"], default="cu")
+    p.add_argument("--root", default=None, help="equimol's run folder; default runs/peers_{system}")
     args = parser.parse_args()
     {"speed": speed, "train": train, "infer": infer, "table": table}[args.command](args)
 

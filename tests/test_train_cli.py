@@ -26,6 +26,28 @@ def test_every_config_parses_and_validates(config, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"] and printed["data"]["class_path"]
     assert printed["trainer"]["inference_mode"] is False
+    assert_optimizer_as_written(yaml.safe_load(config.read_text()), printed)
+
+
+def assert_optimizer_as_written(written: dict, resolved: dict) -> None:
+    """The resolved optimizer holds the config's arguments and, for the others, the defaults
+    of its own class: not values carried over from the default optimizer's class (a
+    ``class_path`` override keeps compatible ``init_args`` of the class it replaces, such as
+    AdamW's ``weight_decay=0.01`` inside an ``Adam``)."""
+    import importlib
+    import inspect
+
+    optimizer = resolved["model"]["init_args"].get("optimizer")
+    if not isinstance(optimizer, dict) or "class_path" not in optimizer:
+        return
+    module, _, name = optimizer["class_path"].rpartition(".")
+    defaults = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    given = ((written.get("model") or {}).get("init_args") or {}).get("optimizer") or {}
+    given = given.get("init_args") or {} if isinstance(given, dict) else {}
+    for key, value in (optimizer.get("init_args") or {}).items():
+        expected = given[key] if key in given else defaults[key].default
+        normalise = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+        assert normalise(value) == normalise(expected), f"optimizer {key}: resolved {value}, expected {expected}"
 
 
 def _write(path: Path, text: str) -> Path:
