@@ -71,13 +71,20 @@ class TracedEdgeGradients:
         self.network = network
         self.compile = bool(compile)
         self._graphs: dict[tuple, Callable] = {}
+        self._warm: set[tuple] = set()
+        # where each parameter and buffer lives, found once: reading them through these slots
+        # costs far less per call than walking the module tree (named_parameters)
+        self._parameter_slots = _slots(network, "_parameters")
+        self._buffer_slots = _slots(network, "_buffers")
 
     def __deepcopy__(self, memo: dict) -> "TracedEdgeGradients":
         # the copy follows the copied network (the same object the copied model holds)
         return TracedEdgeGradients(copy.deepcopy(self.network, memo), self.compile)
 
     def __getstate__(self) -> dict:
-        return {"network": self.network, "compile": self.compile, "_graphs": {}}
+        state = dict(self.__dict__)
+        state.update(_graphs={}, _warm=set())
+        return state
 
     def __call__(
         self, types: torch.Tensor, edge_vec: torch.Tensor, edge_index: torch.Tensor
@@ -90,8 +97,8 @@ class TracedEdgeGradients:
         off (validation), so that it is not compiled a second time; the outputs are then
         detached.
         """
-        params = dict(self.network.named_parameters())
-        buffers = dict(self.network.named_buffers())
+        params = {name: module._parameters[attr] for name, module, attr in self._parameter_slots}
+        buffers = {name: module._buffers[attr] for name, module, attr in self._buffer_slots}
         differentiable = any(p.requires_grad for p in params.values())
         key = (edge_vec.device, edge_vec.dtype, differentiable)
         graph = self._graphs.get(key)
@@ -100,10 +107,25 @@ class TracedEdgeGradients:
             self._graphs[key] = graph
         grad_enabled = torch.is_grad_enabled()
         with torch.set_grad_enabled(differentiable):
-            per_atom, edge_grad = graph(params, buffers, types, edge_vec.detach(), edge_index)
+            per_atom, edge_grad = self._run(key, graph, (params, buffers, types, edge_vec.detach(), edge_index))
         if differentiable and not grad_enabled:
             per_atom, edge_grad = per_atom.detach(), edge_grad.detach()
         return per_atom, edge_grad
+
+    def _run(self, key: tuple, graph: Callable, inputs: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """Call a graph; once it has run, skip re-checking the guards of ``torch.compile``
+        (a large part of a small molecule's call). A call that would need a new compilation
+        (a shape the graph does not cover) is refused in that mode and repeated with guards."""
+        if self.compile and key in self._warm:
+            try:
+                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                    return graph(*inputs)
+            except RuntimeError as error:
+                if "skip_guard_eval_unsafe" not in str(error):
+                    raise
+        out = graph(*inputs)
+        self._warm.add(key)
+        return out
 
     def _trace(self, params, buffers, types, edge_vec, edge_index, differentiable: bool) -> Callable:
         from torch.func import functional_call
@@ -126,6 +148,17 @@ class TracedEdgeGradients:
         if differentiable:
             _reattach_saved_outputs(graph)
         return torch.compile(graph, dynamic=True) if self.compile else graph
+
+
+def _slots(network: nn.Module, kind: str) -> list[tuple[str, nn.Module, str]]:
+    """``(qualified name, owning module, attribute)`` of every parameter (``kind="_parameters"``)
+    or buffer (``"_buffers"``) of ``network``, in ``named_parameters`` / ``named_buffers`` order."""
+    names = [name for name, _ in (network.named_parameters() if kind == "_parameters" else network.named_buffers())]
+    slots = []
+    for name in names:
+        owner, _, attr = name.rpartition(".")
+        slots.append((name, network.get_submodule(owner) if owner else network, attr))
+    return slots
 
 
 def _reattach_saved_outputs(graph: torch.fx.GraphModule) -> None:
