@@ -17,13 +17,18 @@ the same steps:
 ``infer``
     The harness's ``bench_infer.py`` on a trained model (``--peer py:peers:calculator``):
     accuracy on ``{system}_val.xyz`` and the median time of 30 energy+forces calls.
+``sitting``
+    The harness's ``infer.sh`` for NequIP (and MACE if asked) and for equimol, in turn,
+    several times: accuracy on ``{system}_val.xyz`` and inference speed of the same sitting.
 ``table``
     The ratio table: equimol's results against the peers' results of the same sitting
-    when ``$PEERBENCH/results`` holds them, otherwise against the harness's published table.
+    when ``$PEERBENCH/results`` holds them, otherwise against the harness's published table;
+    training throughput from the per-epoch times of both runs.
 
     python benchmarks/peers.py speed [--system cu|etoh] [--repeats 20] [--no-compile]
     python benchmarks/peers.py train --system cu --budget 600
     python benchmarks/peers.py infer --system cu --model runs/peers_cu/checkpoints/best.ckpt
+    python benchmarks/peers.py sitting --system cu --model runs/peers_cu/checkpoints/best-epoch=038.ckpt
     python benchmarks/peers.py table --system cu
 
 ``calculator(model_path)`` is the factory ``bench_infer.py --peer py:peers:calculator`` calls
@@ -373,6 +378,25 @@ def infer(args: argparse.Namespace) -> None:
     print(json.dumps(json.loads(out.read_text()), indent=1)[:2000])
 
 
+def sitting(args: argparse.Namespace) -> None:
+    """The harness's ``infer.sh`` for NequIP and for equimol, in turn, ``--reps`` times.
+
+    Interleaving the calls makes the ratio fair under changing load. (The harness's
+    ``infer_reps.sh`` cannot take a ``py:MODULE:FUNC`` model, because it splits its
+    arguments at the first colon.) Results go to the harness's results folder, where
+    ``table`` finds them.
+    """
+    harness = harness_dir(args)
+    env = dict(os.environ, PEERBENCH=str(peerbench()), SYSTEM=args.system, PEER_PY=sys.executable,
+               PEER_MODEL=str(Path(args.model).resolve()),
+               PYTHONPATH=os.pathsep.join([str(REPOSITORY / "benchmarks"), os.environ.get("PYTHONPATH", "")]))
+    for repetition in range(1, args.reps + 1):
+        for peer in [*args.peers, "py:peers:calculator"]:
+            print(f"{args.system} r{repetition}: {peer} (load average {loadavg()})", flush=True)
+            subprocess.run(["bash", str(harness / "infer.sh"), peer, f"r{repetition}"], check=True, env=env)
+    table(args)
+
+
 def _median_inference(results: Path, pattern: str) -> dict | None:
     """Medians over the repetitions ``infer_*_r<i>.json`` (or single files) matching ``pattern``."""
     runs = [json.loads(path.read_text()) for path in sorted(results.glob(pattern))] if results.is_dir() else []
@@ -459,11 +483,18 @@ def main() -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--harness", default=None)
+    p = sub.add_parser("sitting", help="the harness's infer.sh for the peers and equimol, interleaved")
+    p.add_argument("--system", choices=["cu", "etoh"], default="cu")
+    p.add_argument("--model", required=True, help="equimol checkpoint (best.ckpt of peers.py train)")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--peers", nargs="*", default=["nequip"], help="peer names infer.sh takes (nequip, mace)")
+    p.add_argument("--harness", default=None)
+    p.add_argument("--root", default=None, help="equimol's run folder; default runs/peers_{system}")
     p = sub.add_parser("table", help="the ratio table")
     p.add_argument("--system", choices=["cu", "etoh"], default="cu")
     p.add_argument("--root", default=None, help="equimol's run folder; default runs/peers_{system}")
     args = parser.parse_args()
-    {"speed": speed, "train": train, "infer": infer, "table": table}[args.command](args)
+    {"speed": speed, "train": train, "infer": infer, "sitting": sitting, "table": table}[args.command](args)
 
 
 if __name__ == "__main__":
