@@ -148,13 +148,13 @@ class EquimolCalculator(Calculator):
             out = {K.ENERGY: energy, K.FORCES: forces}
         else:
             with torch.no_grad():  # inference: the forces need no graph beyond their own
-                out = self.model(data, compute_forces=True, compute_stress=want_stress or periodic)
+                out = self.model(data, compute_forces=True, compute_stress=want_stress)
         energy = float(out[K.ENERGY].detach().sum())
         self.results = {
             "energy": energy,
             "free_energy": energy,
             "forces": out[K.FORCES].detach().cpu().double().numpy(),
         }
-        if K.STRESS in out and periodic:
+        if K.STRESS in out and want_stress:
             stress = out[K.STRESS].detach().cpu().double().numpy().reshape(3, 3)
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)

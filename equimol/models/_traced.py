@@ -50,8 +50,8 @@ def virial_from_edge_gradients(
 
 
 class TracedEdgeGradients:
-    """``network(types, edge_vec, edge_index) -> per-atom energies [N]``, with ``dE/d edge_vec``,
-    traced and compiled on first use.
+    """``network(types, edge_vec, edge_index) -> per-atom energies [N]``, with the forces and
+    ``dE/d edge_vec`` (for the stress), traced and compiled on first use.
 
     One graph is kept per (device, dtype, differentiable): the differentiable one (training:
     its outputs carry gradients to the parameters) and the inference one (parameters frozen
@@ -88,8 +88,8 @@ class TracedEdgeGradients:
 
     def __call__(
         self, types: torch.Tensor, edge_vec: torch.Tensor, edge_index: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-atom energies ``[N]`` eV and ``dE/d edge_vec [E, 3]`` eV/Å.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-atom energies ``[N]`` eV, forces ``[N, 3]`` eV/Å and ``dE/d edge_vec [E, 3]`` eV/Å.
 
         Differentiable with respect to the network's parameters when gradients are enabled
         and a parameter requires them (training); ``edge_vec`` is treated as data. A network
@@ -107,12 +107,12 @@ class TracedEdgeGradients:
             self._graphs[key] = graph
         grad_enabled = torch.is_grad_enabled()
         with torch.set_grad_enabled(differentiable):
-            per_atom, edge_grad = self._run(key, graph, (params, buffers, types, edge_vec.detach(), edge_index))
+            outputs = self._run(key, graph, (params, buffers, types, edge_vec.detach(), edge_index))
         if differentiable and not grad_enabled:
-            per_atom, edge_grad = per_atom.detach(), edge_grad.detach()
-        return per_atom, edge_grad
+            outputs = tuple(output.detach() for output in outputs)
+        return outputs
 
-    def _run(self, key: tuple, graph: Callable, inputs: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, key: tuple, graph: Callable, inputs: tuple) -> tuple[torch.Tensor, ...]:
         """Call a graph; once it has run, skip re-checking the guards of ``torch.compile``
         (a large part of a small molecule's call). A call that would need a new compilation
         (a shape the graph does not cover) is refused in that mode and repeated with guards."""
@@ -138,7 +138,8 @@ class TracedEdgeGradients:
                 edge_vec = edge_vec.requires_grad_(True)
                 per_atom = functional_call(network, (params, buffers), (types, edge_vec, edge_index))
                 (edge_grad,) = torch.autograd.grad(per_atom.sum(), edge_vec, create_graph=differentiable)
-            return per_atom, edge_grad
+            forces = forces_from_edge_gradients(edge_grad, edge_index, types.shape[0])
+            return per_atom, forces, edge_grad
 
         # trace with gradients off for the inference graph, so no autograd bookkeeping is recorded
         with torch.set_grad_enabled(differentiable):

@@ -34,7 +34,7 @@ from torch_geometric.utils import scatter
 
 from equimol import _keys as K
 from equimol.data.graph import edge_vectors
-from equimol.models._traced import TracedEdgeGradients, forces_from_edge_gradients, virial_from_edge_gradients
+from equimol.models._traced import TracedEdgeGradients, virial_from_edge_gradients
 from equimol.models.base import Potential, num_structures, stress_from_virial, structure_index
 from equimol.nn import (
     InteractionBlock,
@@ -243,11 +243,11 @@ class EquivariantPotential(Potential):
         cell = data.cell.reshape(-1, 3, 3)
         types = self.species_index(data.z)
         vectors = edge_vectors(data.pos, data.edge_index, data.edge_shift, cell, batch).detach()
-        per_atom, edge_grad = self.traced(types, vectors, data.edge_index)
+        per_atom, forces, edge_grad = self.traced(types, vectors, data.edge_index)
         energy = scatter(per_atom, structures, dim=0, dim_size=count, reduce="sum")
         out = {K.ENERGY: energy, K.PER_ATOM_ENERGY: per_atom}
         if compute_forces:
-            out[K.FORCES] = forces_from_edge_gradients(edge_grad, data.edge_index, data.pos.shape[0])
+            out[K.FORCES] = forces
         if compute_stress:
             edge_structure = structures.index_select(0, data.edge_index[1])
             virial = virial_from_edge_gradients(vectors, edge_grad, edge_structure, count)
