@@ -205,6 +205,22 @@ def rattled(build: Callable[..., ase.Atoms], seed: int) -> ase.Atoms:
     return atoms
 
 
+# the paths the speed table compares: (name, tensor product, compiled)
+PATHS = (("e3nn, eager", "e3nn", False), ("fused, eager", "fused", False), ("fused, compiled", "fused", True))
+
+
+def path_models(species: list[str], reference: torch.nn.Module, no_compile: bool):
+    """``(name, model, compiled)`` for each of ``PATHS``, every model with ``reference``'s weights."""
+    from equimol.models.equivariant import EquivariantPotential
+
+    for name, tensor_product, compiled in PATHS:
+        if compiled and no_compile:
+            continue
+        model = EquivariantPotential(species, tensor_product=tensor_product, compile=compiled, **MATCHED)
+        model.load_state_dict(reference.state_dict())
+        yield name, model, compiled
+
+
 def speed(args: argparse.Namespace) -> None:
     from torch_geometric.data import Batch
 
@@ -219,17 +235,10 @@ def speed(args: argparse.Namespace) -> None:
     num_edges = graph.edge_index.shape[1]
     torch.manual_seed(args.seed)
     reference = EquivariantPotential(species, avg_num_neighbors=num_edges / len(atoms), **MATCHED).eval()
-    variants: dict[str, EquimolCalculator] = {}
-    for name, tensor_product, compiled in (
-        ("e3nn, eager", "e3nn", False),
-        ("fused, eager", "fused", False),
-        ("fused, compiled", "fused", True),
-    ):
-        if compiled and args.no_compile:
-            continue
-        model = EquivariantPotential(species, tensor_product=tensor_product, **MATCHED)
-        model.load_state_dict(reference.state_dict())
-        variants[name] = EquimolCalculator(model.eval(), compile=compiled)
+    variants = {
+        name: EquimolCalculator(model.eval(), compile=compiled)
+        for name, model, compiled in path_models(species, reference, args.no_compile)
+    }
 
     rng = np.random.default_rng(args.seed)
     frames = [atoms.copy() for _ in range(4)]
@@ -271,15 +280,7 @@ def speed(args: argparse.Namespace) -> None:
 
     batch = Batch.from_data_list([atoms_to_graph(rattled(build, s), MATCHED["cutoff"]) for s in range(5)])
     steps = {}
-    for name, tensor_product, compiled in (
-        ("e3nn, eager", "e3nn", False),
-        ("fused, eager", "fused", False),
-        ("fused, compiled", "fused", True),
-    ):
-        if compiled and args.no_compile:
-            continue
-        model = EquivariantPotential(species, tensor_product=tensor_product, compile=compiled, **MATCHED)
-        model.load_state_dict(reference.state_dict())
+    for name, model, compiled in path_models(species, reference, args.no_compile):
         steps[name] = training_step(model, batch)
         if compiled:
             start = time.perf_counter()
