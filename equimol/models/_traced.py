@@ -59,6 +59,8 @@ class TracedEdgeGradients:
 
     Not a module: it holds the network by reference (its parameters stay the network's own,
     read at each call) and is left out of copies and pickles, which trace again when used.
+    The trace fixes the network's structure: after replacing modules inside it (for example
+    ``TensorProductConv.set_tensor_product``), build a new one (``model.set_compile(True)``).
 
     Args:
         network: the module mapping ``types [N]``, ``edge_vec [E, 3]`` Å, ``edge_index [2, E]``
