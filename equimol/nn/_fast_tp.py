@@ -101,10 +101,8 @@ class FusedTensorProduct(nn.Module):
     sum_paths: bool
     mul: int
     num_k: int
-    num_in_components: int
     num_out_components: int
     cm_paths: List[Tuple[int, int, int, int, int, int, int, int]]
-    cm_coefficients: List[float]
     cg: torch.Tensor
 
     def __init__(
@@ -214,18 +212,14 @@ class FusedTensorProduct(nn.Module):
             out_offsets.append(out_offsets[-1] + ir.dim)
         component_of_k: List[int] = []
         cm_paths: List[Tuple[int, int, int, int, int, int, int, int]] = []
-        cm_coefficients: List[float] = []
         for p in order:
             ins = tp.instructions[p]
             kind, _, _, d1, _, d2, d_out, _, i_out, cg_start = self.paths[p]
             i0, j0 = d1_offsets[ins.i_in1], d2_offsets[ins.i_in2]
             cm_paths.append((kind, p, i0, d1, j0, d2, d_out, cg_start))
-            cm_coefficients.append(self.coefficients[p])
             component_of_k += list(range(out_offsets[i_out], out_offsets[i_out] + d_out))
         self.cm_paths = cm_paths
-        self.cm_coefficients = cm_coefficients
         self.num_k = num_k
-        self.num_in_components = d1_offsets[-1]
         self.num_out_components = out_offsets[-1]
         # the path sums need an index_add unless every output component has exactly one path
         self.sum_paths = component_of_k != list(range(out_offsets[-1]))
@@ -267,8 +261,8 @@ class FusedTensorProduct(nn.Module):
         ys = y.unsqueeze(2).unbind(1)  # D2 x [E, 1]
         ws = weight.reshape(num, len(self.paths), self.mul).unbind(1)  # paths x [E, mul]
         components: List[torch.Tensor] = []
-        for q, (kind, p, i0, d1, j0, d2, d_out, cg_start) in enumerate(self.cm_paths):
-            wp = ws[p] * self.cm_coefficients[q]
+        for kind, p, i0, d1, j0, d2, d_out, cg_start in self.cm_paths:
+            wp = ws[p] * self.coefficients[p]
             if kind == 0:  # scalar_left: x scalar, z_k = w x y_k
                 wx = wp * xs[i0]
                 for k in range(d2):
