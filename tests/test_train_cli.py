@@ -142,3 +142,19 @@ def test_quickstart_runs_end_to_end_with_evaluation_and_offline_wandb(tmp_path):
     for name in ("energy_per_atom_mae", "energy_mae", "forces_mae", "forces_rmse", "stress_mae"):
         assert result["metrics"][name] >= 0.0
     assert (out / "parity.png").stat().st_size > 10_000
+
+
+def test_epoch_timer_writes_one_line_per_epoch(tmp_path):
+    """``EpochTimer`` from the command line: one JSON line per epoch with every training step
+    counted and the validation time inside the epoch's wall time."""
+    config = _config(tmp_path)  # 20 frames, split 0.8/0.1/0.1, batch 4: 4 steps per epoch
+    main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run"),
+          "--trainer.max_epochs", "2", "--trainer.callbacks+=equimol.train.callbacks.EpochTimer"])
+    lines = (tmp_path / "run" / "epoch_times.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in records] == [0, 1]
+    for record in records:
+        assert record["n_steps"] == 4
+        assert 0 < record["val_wall_s"] < record["epoch_wall_s"]
+        assert abs(record["train_wall_s"] + record["val_wall_s"] - record["epoch_wall_s"]) < 1e-9
+        assert 0 < record["step_median_s"] <= record["step_sum_s"] <= record["train_wall_s"]
