@@ -35,15 +35,15 @@ def batch_of(structures: list[ase.Atoms]) -> Batch:
     return Batch.from_data_list([atoms_to_graph(atoms, CUTOFF, dtype=torch.float64) for atoms in structures])
 
 
-def eager_and_traced(compile: bool, num_layers: int = 2) -> tuple[EquivariantPotential, EquivariantPotential]:
+def eager_and_traced(compile: bool, num_layers: int = 2, **options) -> tuple[EquivariantPotential, EquivariantPotential]:
     """Two float64 models with the same weights; the second through the traced graph.
 
     Three layers make odd scalars (tanh) besides the gates (sigmoid): both have backward
     passes that use their outputs, the case the trace must get right.
     """
     torch.manual_seed(0)
-    eager = EquivariantPotential(SPECIES, cutoff=CUTOFF, channels=4, num_layers=num_layers).double()
-    traced = EquivariantPotential(SPECIES, cutoff=CUTOFF, channels=4, num_layers=num_layers).double()
+    eager = EquivariantPotential(SPECIES, cutoff=CUTOFF, channels=4, num_layers=num_layers, **options).double()
+    traced = EquivariantPotential(SPECIES, cutoff=CUTOFF, channels=4, num_layers=num_layers, **options).double()
     traced.load_state_dict(eager.state_dict())
     traced.traced = TracedEdgeGradients(traced.network, compile=compile)
     return eager, traced
@@ -68,7 +68,9 @@ def assert_same_training_gradients(eager, traced, batch) -> None:
 def test_traced_graph_matches_eager_values_and_parameter_gradients():
     rng = np.random.default_rng(0)
     batch = batch_of([random_cell(rng), random_molecule(rng), random_cell(rng, 6)])
-    eager, traced = eager_and_traced(compile=False, num_layers=3)
+    eager, traced = eager_and_traced(
+        compile=False, num_layers=3, self_connection=True, radial_hidden=[8, 8], correlation=3
+    )
     for mode in ("train", "eval"):
         getattr(eager, mode)()
         getattr(traced, mode)()

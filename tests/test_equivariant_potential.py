@@ -50,7 +50,10 @@ STRUCTURES = {"molecule": random_molecule, "periodic": random_cell}
 
 def make_model(dtype: torch.dtype, **kwargs) -> EquivariantPotential:
     torch.manual_seed(1)
-    options = dict(cutoff=CUTOFF, l_max=2, channels=4, num_layers=2, radial_hidden=8, avg_num_neighbors=8.0)
+    # with NequIP's species self-connection, a two-layer radial MLP and many-body products, so
+    # that every check below covers them (the other test modules use the defaults)
+    options = dict(cutoff=CUTOFF, l_max=2, channels=4, num_layers=2, radial_hidden=[8, 8], avg_num_neighbors=8.0,
+                   self_connection=True, correlation=2)
     options.update(kwargs)
     model = EquivariantPotential(SPECIES, **options).to(dtype)
     with torch.no_grad():  # scales and shifts away from the trivial values
@@ -262,8 +265,10 @@ def test_species_may_be_symbols_or_atomic_numbers():
         EquivariantPotential(["H", "Xx"])
 
 
-def test_isolated_atom_energy_is_reference_plus_mean_after_set_statistics():
-    model = make_model(torch.float64)
+@pytest.mark.parametrize("correlation", [1, 3])
+def test_isolated_atom_energy_is_reference_plus_mean_after_set_statistics(correlation):
+    # products of messages vanish without neighbours; a species self-connection would not
+    model = make_model(torch.float64, self_connection=False, correlation=correlation)
     statistics = SimpleNamespace(
         species=[1, 6, 8],
         reference_energies={1: -13.6, 6: -1030.0, 8: -2040.0},
@@ -280,7 +285,7 @@ def test_isolated_atom_energy_is_reference_plus_mean_after_set_statistics():
     for layer in model.network.layers:
         assert layer.conv.avg_num_neighbors.item() == 11.0
     # set after construction, the normalisation travels with the weights
-    copy = make_model(torch.float64)
+    copy = make_model(torch.float64, self_connection=False, correlation=correlation)
     copy.load_state_dict(model.state_dict())
     assert copy.network.layers[0].conv.avg_num_neighbors.item() == 11.0
 

@@ -246,6 +246,74 @@ def test_interaction_block_is_equivariant(dtype):
     )
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_interaction_block_with_species_self_connection_and_products_is_equivariant(dtype):
+    target = "3x0e + 3x0o + 3x1o + 3x1e"
+    block = enn.InteractionBlock(
+        "3x0e + 3x1o", o3.Irreps.spherical_harmonics(1), target, num_radial=5, radial_hidden=(6, 6),
+        num_species=2, correlation=3,
+    ).to(dtype)
+    pos, edge_index = random_graph(5, dtype, seed=2)
+    x = block.irreps_in.randn(5, -1, dtype=dtype)
+    species = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 0, 1]), 2).to(dtype)
+    assert_equivariant(
+        lambda x, pos, edge_index: block(x, *function_inputs(pos, edge_index, dtype), species),
+        args_in=[x, pos, edge_index],
+        irreps_in=[block.irreps_in, "cartesian_points", None],
+        irreps_out=[block.irreps_out],
+        tolerance=TOLERANCE[dtype],
+    )
+    with pytest.raises(ValueError, match="node_attrs"):
+        block(x, *function_inputs(pos, edge_index, dtype))
+
+
+def function_inputs(pos: torch.Tensor, edge_index: torch.Tensor, dtype: torch.dtype):
+    """Edge attributes (l <= 1), radial features (5, cutoff 6 Å) and edge_index of a graph."""
+    vectors = pos[edge_index[0]] - pos[edge_index[1]]
+    sh = enn.SphericalHarmonicEdgeEmbedding(1).to(dtype)
+    radial = enn.RadialEmbedding(6.0, num_basis=5).to(dtype)
+    return sh(vectors), radial(vectors.norm(dim=-1)), edge_index
+
+
+def test_self_connection_depends_on_the_species():
+    block = enn.InteractionBlock("3x0e + 3x1o", o3.Irreps.spherical_harmonics(1), "3x0e + 3x1o", num_radial=5,
+                                 num_species=2)
+    pos, edge_index = random_graph(4, torch.float32, seed=3)
+    x = block.irreps_in.randn(4, -1)
+    inputs = function_inputs(pos, edge_index, torch.float32)
+    first = block(x, *inputs, torch.nn.functional.one_hot(torch.tensor([0, 0, 0, 0]), 2).float())
+    second = block(x, *inputs, torch.nn.functional.one_hot(torch.tensor([1, 0, 0, 0]), 2).float())
+    assert (first[0] - second[0]).abs().max() > 1e-3  # atom 0 changed species
+    torch.testing.assert_close(first[1:], second[1:])  # the others did not
+
+
+@pytest.mark.parametrize("correlation", [2, 3])
+def test_product_basis_is_equivariant_and_of_the_right_order(correlation):
+    basis = enn.ProductBasis("4x0e + 4x1o + 4x1e", correlation).double()
+    x = basis.irreps_in.randn(6, -1, dtype=torch.float64)
+    assert_equivariant(basis, args_in=[x], irreps_in=[basis.irreps_in], irreps_out=[basis.irreps_out],
+                       tolerance=TOLERANCE[torch.float64])
+    # order k products scale as the k-th power of the input: y(a x) = a^2 y_2(x) + ... + a^k y_k(x)
+    orders = list(range(2, correlation + 1))
+    scaled = [basis(a * x) for a in (1.0, 2.0)]
+    sizes = [step.product.irreps_out.dim for step in basis.steps]
+    for order, part_1, part_2 in zip(orders, scaled[0].split(sizes, -1), scaled[1].split(sizes, -1)):
+        torch.testing.assert_close(part_2, 2.0**order * part_1)
+
+
+def test_product_basis_leaves_out_products_that_vanish():
+    """A vector's cross product with itself is zero: no such path is built."""
+    basis = enn.ProductBasis("2x0e + 2x1o", correlation=2)
+    assert basis.irreps_out == o3.Irreps("2x0e + 2x1o + 2x0e")  # s*s, s*v, v.v; no v x v
+
+
+def test_product_basis_needs_one_multiplicity_and_order_two():
+    with pytest.raises(ValueError, match="one multiplicity"):
+        enn.ProductBasis("2x0e + 3x1o", 2)
+    with pytest.raises(ValueError, match="at least 2"):
+        enn.ProductBasis("2x0e", 1)
+
+
 # ---- embedding and readouts -----------------------------------------------------------------
 
 

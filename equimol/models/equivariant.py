@@ -23,7 +23,7 @@ and can tell mirror images apart.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import ase.data
 import torch
@@ -75,6 +75,14 @@ def _atomic_numbers_with_repeats(species: list[int | str]) -> list[int]:
     return [species_to_atomic_numbers([s])[0] for s in species]
 
 
+def radial_widths(radial_hidden: int | Sequence[int]) -> tuple[int, ...]:
+    """Hidden widths of the radial MLPs: one number is one hidden layer."""
+    widths = (radial_hidden,) if isinstance(radial_hidden, int) else tuple(radial_hidden)
+    if not widths or any(int(w) < 1 for w in widths):
+        raise ValueError(f"radial_hidden must be a positive width or a list of them, got {radial_hidden!r}")
+    return tuple(int(w) for w in widths)
+
+
 class AtomicEnergyNetwork(nn.Module):
     """The network of :class:`EquivariantPotential` on plain tensors: per-atom energies.
 
@@ -95,18 +103,22 @@ class AtomicEnergyNetwork(nn.Module):
         channels: int,
         num_layers: int,
         num_radial_basis: int,
-        radial_hidden: int,
+        radial_hidden: int | Sequence[int],
         avg_num_neighbors: float,
         scales: list[float],
         shifts: list[float],
         trainable_scale_shift: bool,
         tensor_product: str = "fused",
+        self_connection: bool = False,
+        correlation: int = 1,
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
         if channels < 1:
             raise ValueError(f"channels must be at least 1, got {channels}")
+        self.num_species = int(num_species)
+        self.self_connection = bool(self_connection)
         parities = (1, -1) if parity else (1,)
         hidden = o3.Irreps([(channels, (l, p)) for l in range(l_max + 1) for p in parities]).sort().irreps
         self.irreps_hidden = hidden.simplify()
@@ -123,9 +135,11 @@ class AtomicEnergyNetwork(nn.Module):
                 self.edge_embedding.irreps_out,
                 o3.Irreps(f"{channels}x0e") if last else self.irreps_hidden,
                 num_radial_basis,
-                radial_hidden=(radial_hidden,),
+                radial_hidden=radial_widths(radial_hidden),
                 avg_num_neighbors=avg_num_neighbors,
                 tensor_product=tensor_product,
+                num_species=num_species if self_connection else None,
+                correlation=correlation,
             )
             layers.append(block)
             irreps = block.irreps_out
@@ -137,8 +151,11 @@ class AtomicEnergyNetwork(nn.Module):
         edge_attr = self.edge_embedding(edge_vec)
         edge_radial = self.radial(torch.linalg.norm(edge_vec, dim=-1))
         x = self.embedding(types)
+        node_attrs = (
+            nn.functional.one_hot(types, self.num_species).to(edge_vec.dtype) if self.self_connection else None
+        )
         for layer in self.layers:
-            x = layer(x, edge_attr, edge_radial, edge_index)
+            x = layer(x, edge_attr, edge_radial, edge_index, node_attrs)
         return self.scale_shift(self.readout(x), types)
 
 
@@ -154,7 +171,8 @@ class EquivariantPotential(Potential):
         channels: multiplicity of each hidden irrep.
         num_layers: number of interaction blocks.
         num_radial_basis: number of Bessel functions.
-        radial_hidden: width of the hidden layer of the radial MLPs.
+        radial_hidden: width of the hidden layer of the radial MLPs, or a list of widths
+            for several hidden layers (NequIP's default is ``[64, 64]``).
         avg_num_neighbors: neighbour normalisation of the convolutions (the sum over
             neighbours is divided by its square root); None means 1 until
             :meth:`set_statistics` sets it.
@@ -170,6 +188,11 @@ class EquivariantPotential(Potential):
             (default, :class:`~equimol.nn.FusedTensorProduct`) or ``"e3nn"``
             (``o3.TensorProduct``): the same numbers to float round-off, the fused one
             faster. The parameters are the same, so a state dict loads into either.
+        self_connection: add NequIP's species-dependent self-connection in every
+            interaction block: a linear map of each atom's own features, with weights
+            chosen by its species, added to the convolution's output before the gate. An atom
+            without neighbours then has a learned energy besides its reference energy (as in
+            NequIP); without it, its energy is exactly the per-species shift.
         compile: compute energies, forces and stress through one compiled graph
             (:class:`~equimol.models._traced.TracedEdgeGradients`: the network and the
             gradient of its energy with respect to the edge vectors, traced with symbolic
@@ -190,12 +213,14 @@ class EquivariantPotential(Potential):
         channels: int = 32,
         num_layers: int = 2,
         num_radial_basis: int = 8,
-        radial_hidden: int = 64,
+        radial_hidden: int | list[int] = 64,
         avg_num_neighbors: float | None = None,
         reference_energies: dict[str | int, float] | None = None,
         energy_scale: float = 1.0,
         trainable_scale_shift: bool = True,
         tensor_product: str = "fused",
+        self_connection: bool = False,
+        correlation: int = 1,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -220,6 +245,8 @@ class EquivariantPotential(Potential):
             shifts=shifts,
             trainable_scale_shift=trainable_scale_shift,
             tensor_product=tensor_product,
+            self_connection=self_connection,
+            correlation=correlation,
         )
         z_to_type = torch.full((_MAX_Z + 1,), -1, dtype=torch.long)
         z_to_type[torch.tensor(self.atomic_numbers)] = torch.arange(len(self.atomic_numbers))

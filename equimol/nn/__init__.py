@@ -12,6 +12,7 @@ from equimol.nn._embedding import SpeciesEmbedding
 from equimol.nn._fast_tp import FusedTensorProduct
 from equimol.nn._gate import Gate
 from equimol.nn._interaction import InteractionBlock
+from equimol.nn._product import ProductBasis
 from equimol.nn._radial import BesselBasis, GaussianBasis, RadialEmbedding
 from equimol.nn._readout import AtomwiseLinear, PerSpeciesScaleShift, ScalarReadout
 from equimol.nn._spherical_harmonics import SphericalHarmonicEdgeEmbedding
@@ -29,6 +30,7 @@ __all__ = [
     "reachable_irreps",
     "Gate",
     "InteractionBlock",
+    "ProductBasis",
     "AtomwiseLinear",
     "ScalarReadout",
     "PerSpeciesScaleShift",

@@ -10,12 +10,14 @@ from torch import nn
 
 from equimol.nn._convolution import TensorProductConv, reachable_irreps
 from equimol.nn._gate import Gate
+from equimol.nn._product import ProductBasis
 
 __all__ = ["InteractionBlock"]
 
 
 class InteractionBlock(nn.Module):
-    """Convolution -> gate -> self-interaction (``o3.Linear``), plus a residual when shapes allow.
+    """Convolution (+ species self-connection) -> gate -> self-interaction (``o3.Linear``),
+    plus a residual when shapes allow.
 
     ``irreps_out`` is ``irreps_target`` restricted to the irreps the convolution can reach
     from ``irreps_in`` and ``irreps_edge`` (as NequIP does): in a parity-equivariant network
@@ -33,6 +35,13 @@ class InteractionBlock(nn.Module):
         radial_hidden: hidden widths of the radial MLP.
         avg_num_neighbors: neighbour normalisation of the convolution.
         residual: add the input to the output when the irreps match.
+        num_species: when given, add NequIP's self-connection to the convolution's output
+            (before the gate): a linear map of the node's own features whose weights depend
+            on its species (``o3.FullyConnectedTensorProduct`` of the features with the
+            one-hot species). ``forward`` then needs ``node_attrs``.
+        correlation: above 1, add MACE-style many-body products of the convolution's output
+            (:class:`~equimol.nn.ProductBasis` up to this order, between two linear maps)
+            to it, before the gate.
         tensor_product: ``"fused"`` (default) or ``"e3nn"``, see :class:`~equimol.nn.TensorProductConv`.
 
     Shapes:
@@ -49,6 +58,8 @@ class InteractionBlock(nn.Module):
         avg_num_neighbors: float = 1.0,
         residual: bool = True,
         tensor_product: str = "fused",
+        num_species: Optional[int] = None,
+        correlation: int = 1,
     ) -> None:
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
@@ -67,6 +78,20 @@ class InteractionBlock(nn.Module):
             avg_num_neighbors,
             tensor_product=tensor_product,
         )
+        self.self_connection = (
+            None
+            if num_species is None
+            else o3.FullyConnectedTensorProduct(self.irreps_in, o3.Irreps(f"{num_species}x0e"), self.gate.irreps_in)
+        )
+        self.product_in: Optional[o3.Linear] = None
+        self.product: Optional[ProductBasis] = None
+        self.product_out: Optional[o3.Linear] = None
+        if correlation > 1:
+            channels = max(mul for mul, _ in self.gate.irreps_out)
+            irreps_product = o3.Irreps([(channels, ir) for _, ir in self.gate.irreps_in.simplify()]).sort().irreps
+            self.product_in = o3.Linear(self.gate.irreps_in, irreps_product.simplify())
+            self.product = ProductBasis(irreps_product, correlation)
+            self.product_out = o3.Linear(self.product.irreps_out, self.gate.irreps_in)
         self.self_interaction = o3.Linear(self.gate.irreps_out, self.gate.irreps_out)
         self.irreps_out = self.gate.irreps_out
         slices = _matching_slices(self.irreps_in, self.irreps_out) if residual else None
@@ -82,8 +107,16 @@ class InteractionBlock(nn.Module):
         edge_attr: torch.Tensor,
         edge_radial: torch.Tensor,
         edge_index: torch.Tensor,
+        node_attrs: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        """``node_attrs [N, num_species]``: one-hot species, needed with a self-connection."""
         out = self.conv(node_features, edge_attr, edge_radial, edge_index)
+        if self.product is not None and self.product_in is not None and self.product_out is not None:
+            out = out + self.product_out(self.product(self.product_in(out)))
+        if self.self_connection is not None:
+            if node_attrs is None:
+                raise ValueError("InteractionBlock: built with num_species, so forward needs node_attrs")
+            out = out + self.self_connection(node_features, node_attrs)
         out = self.self_interaction(self.gate(out))
         if self.residual_is_identity:
             out = out + node_features
