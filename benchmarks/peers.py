@@ -8,8 +8,8 @@ the same steps:
 ``speed``
     In one process, with one thread: the 108-atom fcc Cu cell (or the ethanol molecule) of
     the harness through the ASE calculator (neighbour list included), e3nn tensor products against the fused ones,
-    eager and ``torch.compile``-d, as medians of CPU time and of wall time, with the load
-    average; and the matrix-product work of one energy+forces call and of one training step
+    eager, ``torch.compile``-d and as an ahead-of-time compiled ``.pt2`` package, as medians
+    of CPU time and of wall time, with the load average; and the matrix-product work of one energy+forces call and of one training step
     (``torch.utils.flop_counter``) against a 100 GFLOP/s single-core floor. Needs no data.
 ``train``
     ``equimol fit`` with ``configs/peers/{cu,etoh}.yaml`` (the harness's matched settings)
@@ -29,10 +29,13 @@ the same steps:
     python benchmarks/peers.py train --system cu --budget 600
     python benchmarks/peers.py infer --system cu --model runs/peers_cu/checkpoints/best.ckpt
     python benchmarks/peers.py sitting --system cu --model runs/peers_cu/checkpoints/best-epoch=038.ckpt
+    equimol compile runs/peers_etoh/checkpoints/best-epoch=NNN.ckpt runs/peers_etoh/model.pt2
+    python benchmarks/peers.py sitting --system etoh --model runs/peers_etoh/model.pt2
     python benchmarks/peers.py table --system cu
 
 ``calculator(model_path)`` is the factory ``bench_infer.py --peer py:peers:calculator`` calls
-(with ``benchmarks/`` on ``PYTHONPATH``); ``$EQUIMOL_TENSOR_PRODUCT`` (``fused``, the default
+(with ``benchmarks/`` on ``PYTHONPATH``), for a checkpoint or a ``.pt2`` package of ``equimol
+compile``; ``$EQUIMOL_TENSOR_PRODUCT`` (``fused``, the default
 here, or ``e3nn``) and ``$EQUIMOL_COMPILE`` (``1`` to ``torch.compile`` the network) choose the
 path.
 """
@@ -45,6 +48,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -239,6 +243,15 @@ def speed(args: argparse.Namespace) -> None:
         name: EquimolCalculator(model.eval(), compile=compiled)
         for name, model, compiled in path_models(species, reference, args.no_compile)
     }
+    package_folder = tempfile.TemporaryDirectory()  # kept until the end of the table
+    if not args.no_compile:
+        from equimol.models.aot import export_aot
+
+        fused = next(model for name, model, _ in path_models(species, reference, True) if name == "fused, eager")
+        start = time.perf_counter()
+        path = export_aot(fused.eval(), Path(package_folder.name) / "model.pt2")
+        print(f"(AOT package compiled in {time.perf_counter() - start:.0f} s)")
+        variants["fused, AOT package"] = EquimolCalculator(path)
 
     rng = np.random.default_rng(args.seed)
     frames = [atoms.copy() for _ in range(4)]

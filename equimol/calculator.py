@@ -1,8 +1,10 @@
 """``EquimolCalculator``: an ASE calculator over a trained equimol potential.
 
 The potential comes from a checkpoint written by ``equimol fit`` (``.ckpt``; the EMA weights
-when EMA was on), from a file written by ``equimol.models.export.export_potential``, or from a
-model object (any ``nn.Module`` with the ``Potential`` interface, or a ``PotentialModule``).
+when EMA was on), from a file written by ``equimol.models.export.export_potential``, from an
+ahead-of-time compiled package (``.pt2``, written by ``equimol.models.aot.export_aot``: the
+fastest calls, for MD), or from a model object (any ``nn.Module`` with the ``Potential``
+interface, or a ``PotentialModule``).
 Energies are in eV, forces in eV/Å, stress in eV/Å³ in Voigt order (xx, yy, zz, yz, xz, xy),
 ASE's sign convention.
 
@@ -24,12 +26,14 @@ from typing import Sequence
 import ase
 import numpy as np
 import torch
+import vesin
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 from torch import nn
 
 from equimol import _keys as K
-from equimol.data.graph import atoms_to_graph
+from equimol.data.graph import atoms_to_graph, structure_arrays
+from equimol.models.aot import AOTPotential
 
 __all__ = ["EquimolCalculator", "load_model"]
 
@@ -71,7 +75,8 @@ class EquimolCalculator(Calculator):
     all three axes, stress.
 
     Args:
-        model: a checkpoint path (``.ckpt``), an exported model path, or a model object.
+        model: a checkpoint path (``.ckpt``), an ahead-of-time compiled package (``.pt2``),
+            an exported TorchScript model path, or a model object.
         device: torch device for the model (``"cpu"``, ``"cuda"``...).
         dtype: floating dtype of the computation (``torch.float64`` for tight energy
             conservation in MD); default: the dtype of the model's parameters. A model object
@@ -82,7 +87,9 @@ class EquimolCalculator(Calculator):
             ``torch.compile`` of its ``energy`` (dynamic shapes). The first call then takes
             tens of seconds, later calls are faster (see the performance page of the docs).
             False runs eagerly; None (default) keeps the model's own setting (a model
-            trained with ``compile: true`` stays compiled). Exported models are compiled already.
+            trained with ``compile: true`` stays compiled). Exported models and ``.pt2``
+            packages are compiled already (a package runs on the device and in the dtype it
+            was compiled for).
 
     The calculator holds its own copy of the model, with gradients of the parameters
     switched off (only the gradient with respect to positions and strain is taken).
@@ -101,6 +108,10 @@ class EquimolCalculator(Calculator):
     ) -> None:
         super().__init__(**kwargs)
         self.device = torch.device(device)
+        self.aot: AOTPotential | None = None
+        if isinstance(model, (str, os.PathLike)) and Path(model).suffix == ".pt2":
+            self._init_aot(AOTPotential(model), dtype, cutoff)
+            return
         network = load_model(model, self.device)
         model_dtype = next((p.dtype for p in network.parameters() if p.is_floating_point()), torch.float32)
         self.dtype = dtype or model_dtype
@@ -126,6 +137,47 @@ class EquimolCalculator(Calculator):
             )
         self.cutoff = float(value)
 
+    def check_state(self, atoms: ase.Atoms, tol: float = 1e-15) -> list[str]:
+        """What changed since the last calculation, as ASE's ``compare_atoms`` reports it, but
+        with exact comparisons: ``numpy.allclose`` over each small array costs more than a
+        small molecule's whole model call. A difference below ``tol`` then counts as a change
+        as well, which only means computing again."""
+        if self.atoms is None:
+            return list(all_changes)
+        to_check = set(all_changes) - set(self.ignored_changes)
+        changes = []
+        for name in ("cell", "pbc"):
+            if name in to_check:
+                to_check.discard(name)
+                if not np.array_equal(np.asarray(getattr(self.atoms, name)), np.asarray(getattr(atoms, name))):
+                    changes.append(name)
+        previous, current = self.atoms.arrays, atoms.arrays
+        changes += sorted(to_check & (set(previous) ^ set(current)))
+        for name in sorted(to_check & set(previous) & set(current)):
+            if not np.array_equal(previous[name], current[name]):
+                changes.append(name)
+        return changes
+
+    def _init_aot(self, package: AOTPotential, dtype: torch.dtype | None, cutoff: float | None) -> None:
+        if dtype is not None and dtype != package.dtype:
+            raise ValueError(f"{package.path} computes in {package.dtype}; it cannot run in {dtype}")
+        if self.device.type != package.device.type:
+            raise ValueError(
+                f"{package.path} was compiled for {package.device.type}; it cannot run on {self.device}"
+            )
+        if cutoff is not None and float(cutoff) < package.cutoff:
+            raise ValueError(
+                f"cutoff={cutoff} Å is smaller than the model's cutoff of {package.cutoff} Å: "
+                "the graph would miss neighbours the model was trained with"
+            )
+        self.aot = package
+        self.model = None
+        self.exported = False
+        self.dtype = package.dtype
+        self.cutoff = float(cutoff) if cutoff is not None else package.cutoff
+        # one neighbour list for all calls: it keeps its buffers between structures
+        self._neighbours = vesin.NeighborList(cutoff=self.cutoff, full_list=True)
+
     def calculate(
         self,
         atoms: ase.Atoms | None = None,
@@ -140,6 +192,9 @@ class EquimolCalculator(Calculator):
             raise PropertyNotImplementedError("stress needs a cell that is periodic along all three axes")
         if want_stress and self.exported:
             raise PropertyNotImplementedError("an exported model computes energy and forces only")
+        if self.aot is not None:
+            self._calculate_aot(atoms, periodic and want_stress)
+            return
         # one structure: a plain graph, no collation (the model reads it as a batch of one)
         data = atoms_to_graph(atoms, self.cutoff, dtype=self.dtype, on_isolated="ignore").to(self.device)
         if self.exported:
@@ -158,3 +213,26 @@ class EquimolCalculator(Calculator):
         if K.STRESS in out and want_stress:
             stress = out[K.STRESS].detach().cpu().double().numpy().reshape(3, 3)
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+
+    def _calculate_aot(self, atoms: ase.Atoms, want_stress: bool) -> None:
+        """Energy, forces (and stress) from the compiled package: the neighbour list gives the
+        edge vectors directly, the package the per-atom energies, forces and edge gradients."""
+        positions, cell, pbc = structure_arrays(atoms, source="EquimolCalculator")
+        types = self.aot.species_index(atoms.numbers)
+        centre, neighbour, vectors = self._neighbours.compute(positions, cell, pbc.tolist(), "ijD")
+        edge_index = torch.from_numpy(np.stack((neighbour, centre)).astype(np.int64))
+        edge_vec = torch.from_numpy(vectors).to(self.dtype)
+        per_atom, forces, edge_grad = self.aot(
+            torch.from_numpy(types).to(self.device), edge_vec.to(self.device), edge_index.to(self.device)
+        )
+        energy = float(per_atom.sum())
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": forces.cpu().double().numpy(),
+        }
+        if want_stress:
+            # dE/dstrain = sum over edges of r_e (x) dE/dr_e, symmetrised, over the volume
+            virial = vectors.T @ edge_grad.cpu().double().numpy()
+            virial = 0.5 * (virial + virial.T)
+            self.results["stress"] = full_3x3_to_voigt_6_stress(virial / abs(np.linalg.det(cell)))

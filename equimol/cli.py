@@ -25,6 +25,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "test": ("equimol.train.cli", "test_main", "metrics of a checkpoint on the test split"),
     "predict": ("equimol.train.cli", "predict_main", "predictions of a checkpoint on the test split"),
     "evaluate": ("equimol.train.evaluate", "evaluate_main", "metrics JSON and parity plot of a checkpoint on data"),
+    "compile": (
+        "equimol.models._aot_cli",
+        "compile_main",
+        "compile a checkpoint ahead of time into a .pt2 package for the ASE calculator",
+    ),
     "study": ("equimol.studies.invariance", "study_main", "run a study: 'study invariance --config FILE [--out DIR]'"),
 }
 

@@ -85,3 +85,30 @@ def test_calculator_from_fit_checkpoint_gives_the_trained_models_energy(tmp_path
     expected = module.model(atoms_to_graph(atoms, 2.5), compute_forces=False)["energy"].item()
     assert atoms.get_potential_energy() == pytest.approx(expected, rel=1e-6)
     assert atoms.calc.cutoff == 2.5
+
+
+def test_check_state_reports_the_changes_ase_reports(model, copper):
+    """The calculator's exact-comparison ``check_state`` finds what ASE's ``compare_atoms`` finds."""
+    from ase.calculators.calculator import compare_atoms
+
+    calc = EquimolCalculator(model)
+    calc.calculate(copper, ["energy"])
+    variants = {"unchanged": copper.copy()}
+    moved = copper.copy()
+    moved.positions[3, 1] += 1e-9
+    variants["moved"] = moved
+    swapped = copper.copy()
+    swapped.numbers[0] = 30
+    variants["numbers"] = swapped
+    strained = copper.copy()
+    strained.set_cell(copper.cell[:] * 1.01)
+    variants["cell"] = strained
+    slab = copper.copy()
+    slab.pbc = [True, True, False]
+    variants["pbc"] = slab
+    magnetic = copper.copy()
+    magnetic.set_initial_magnetic_moments(np.ones(len(copper)))
+    variants["magmoms"] = magnetic
+    for name, atoms in variants.items():
+        assert sorted(calc.check_state(atoms)) == sorted(compare_atoms(calc.atoms, atoms)), name
+    assert calc.check_state(variants["unchanged"]) == []

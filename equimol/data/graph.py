@@ -18,7 +18,7 @@ from torch_geometric.data import Data
 
 from equimol import _keys as K
 
-__all__ = ["radius_graph", "atoms_to_graph", "edge_vectors", "IsolatedAtomError"]
+__all__ = ["radius_graph", "atoms_to_graph", "edge_vectors", "structure_arrays", "IsolatedAtomError"]
 
 
 class IsolatedAtomError(ValueError):
@@ -88,6 +88,24 @@ def edge_vectors(
     return vectors + (shift.unsqueeze(2) * edge_cell).sum(1)
 
 
+def structure_arrays(atoms: ase.Atoms, source: str = "structure") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``positions [N, 3]`` Å (float64), ``cell [3, 3]`` Å and ``pbc [3]`` (bool) of ``atoms``,
+    checked: at least one atom, finite positions, a non-zero cell vector along every periodic
+    axis (ValueError naming ``source`` otherwise)."""
+    positions = np.asarray(atoms.get_positions(), dtype=np.float64)
+    if len(atoms) == 0:
+        raise ValueError(f"{source}: the structure has no atoms")
+    if not np.all(np.isfinite(positions)):
+        bad = np.unique(np.nonzero(~np.isfinite(positions))[0])
+        raise ValueError(f"{source}: non-finite positions (NaN or inf) at atom indices {bad.tolist()}")
+    cell = np.asarray(atoms.get_cell()[:], dtype=np.float64)
+    pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+    for axis in np.nonzero(pbc)[0]:
+        if np.linalg.norm(cell[axis]) == 0:
+            raise ValueError(f"{source}: periodic along axis {axis} but the cell vector is zero")
+    return positions, cell, pbc
+
+
 def atoms_to_graph(
     atoms: ase.Atoms,
     cutoff: float,
@@ -115,21 +133,11 @@ def atoms_to_graph(
         ``Data`` with ``pos [N,3]``, ``z [N]``, ``cell [1,3,3]``, ``pbc [1,3]``,
         ``edge_index [2,E]``, ``edge_shift [E,3]`` and the labels given.
     """
-    positions = np.asarray(atoms.get_positions(), dtype=np.float64)
-    if len(atoms) == 0:
-        raise ValueError(f"{source}: the structure has no atoms")
-    if not np.all(np.isfinite(positions)):
-        bad = np.unique(np.nonzero(~np.isfinite(positions))[0])
-        raise ValueError(f"{source}: non-finite positions (NaN or inf) at atom indices {bad.tolist()}")
     if cutoff <= 0 or not np.isfinite(cutoff):
         raise ValueError(f"cutoff must be a positive number of Å, got {cutoff!r}")
     if on_isolated not in ("error", "ignore"):
         raise ValueError(f"on_isolated must be 'error' or 'ignore', got {on_isolated!r}")
-    cell = np.asarray(atoms.get_cell()[:], dtype=np.float64)
-    pbc = np.asarray(atoms.get_pbc(), dtype=bool)
-    for axis in np.nonzero(pbc)[0]:
-        if np.linalg.norm(cell[axis]) == 0:
-            raise ValueError(f"{source}: periodic along axis {axis} but the cell vector is zero")
+    positions, cell, pbc = structure_arrays(atoms, source)
     edge_index, shifts = radius_graph(positions, cell, pbc, cutoff)
 
     if on_isolated == "error" and len(atoms) > 1:

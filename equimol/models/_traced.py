@@ -20,7 +20,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["TracedEdgeGradients", "forces_from_edge_gradients", "virial_from_edge_gradients"]
+__all__ = [
+    "TracedEdgeGradients",
+    "forces_from_edge_gradients",
+    "trace_edge_gradients",
+    "virial_from_edge_gradients",
+]
 
 
 def forces_from_edge_gradients(edge_grad: torch.Tensor, edge_index: torch.Tensor, num_atoms: int) -> torch.Tensor:
@@ -130,27 +135,45 @@ class TracedEdgeGradients:
         return out
 
     def _trace(self, params, buffers, types, edge_vec, edge_index, differentiable: bool) -> Callable:
-        from torch.func import functional_call
-        from torch.fx.experimental.proxy_tensor import make_fx
-
-        network = self.network
-
-        def energies_and_edge_gradients(params, buffers, types, edge_vec, edge_index):
-            with torch.enable_grad():
-                edge_vec = edge_vec.requires_grad_(True)
-                per_atom = functional_call(network, (params, buffers), (types, edge_vec, edge_index))
-                (edge_grad,) = torch.autograd.grad(per_atom.sum(), edge_vec, create_graph=differentiable)
-            forces = forces_from_edge_gradients(edge_grad, edge_index, types.shape[0])
-            return per_atom, forces, edge_grad
-
-        # trace with gradients off for the inference graph, so no autograd bookkeeping is recorded
-        with torch.set_grad_enabled(differentiable):
-            graph = make_fx(energies_and_edge_gradients, tracing_mode="symbolic")(
-                params, buffers, types, edge_vec, edge_index
-            )
-        if differentiable:
-            _reattach_saved_outputs(graph)
+        graph = trace_edge_gradients(self.network, params, buffers, types, edge_vec, edge_index, differentiable)
         return torch.compile(graph, dynamic=True) if self.compile else graph
+
+
+def trace_edge_gradients(
+    network: nn.Module,
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    types: torch.Tensor,
+    edge_vec: torch.Tensor,
+    edge_index: torch.Tensor,
+    differentiable: bool,
+) -> torch.fx.GraphModule:
+    """The graph ``(params, buffers, types, edge_vec, edge_index) -> (per-atom energies [N],
+    forces [N, 3], dE/d edge_vec [E, 3])`` of ``network``, traced with symbolic shapes.
+
+    ``params`` and ``buffers`` map the network's qualified names to tensors (its own, or
+    replacements of the same shapes); the example ``types``, ``edge_vec`` and ``edge_index``
+    only fix dtypes and devices. ``differentiable`` keeps the graph differentiable with
+    respect to the parameters (training); otherwise no autograd bookkeeping is recorded.
+    """
+    from torch.func import functional_call
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def energies_and_edge_gradients(params, buffers, types, edge_vec, edge_index):
+        with torch.enable_grad():
+            edge_vec = edge_vec.requires_grad_(True)
+            per_atom = functional_call(network, (params, buffers), (types, edge_vec, edge_index))
+            (edge_grad,) = torch.autograd.grad(per_atom.sum(), edge_vec, create_graph=differentiable)
+        forces = forces_from_edge_gradients(edge_grad, edge_index, types.shape[0])
+        return per_atom, forces, edge_grad
+
+    with torch.set_grad_enabled(differentiable):
+        graph = make_fx(energies_and_edge_gradients, tracing_mode="symbolic")(
+            params, buffers, types, edge_vec.detach(), edge_index
+        )
+    if differentiable:
+        _reattach_saved_outputs(graph)
+    return graph
 
 
 def _slots(network: nn.Module, kind: str) -> list[tuple[str, nn.Module, str]]:

@@ -14,8 +14,9 @@ Inputs must have the dtype and device of the model when it was exported. Forces 
 so do not call the module inside ``torch.no_grad()`` or ``torch.inference_mode()``
 (TorchScript cannot switch gradient mode back on inside the module).
 
-TorchScript is deprecated from PyTorch 2.10 on (it warns) but still works in 2.13; ``torch.export``
-cannot yet capture the ``torch.autograd.grad`` call that gives the forces.
+TorchScript is deprecated from PyTorch 2.10 on (it warns) but still works in 2.13. For fast
+inference from Python (ASE), :func:`equimol.models.aot.export_aot` writes an ahead-of-time
+compiled package instead.
 """
 
 from __future__ import annotations
