@@ -89,9 +89,9 @@ class InteractionBlock(nn.Module):
         if correlation > 1:
             channels = max(mul for mul, _ in self.gate.irreps_out)
             irreps_product = o3.Irreps([(channels, ir) for _, ir in self.gate.irreps_in.simplify()]).sort().irreps
-            self.product_in = o3.Linear(self.gate.irreps_in, irreps_product.simplify())
+            self.product_in = o3.Linear(self.gate.irreps_in.simplify(), irreps_product.simplify())
             self.product = ProductBasis(irreps_product, correlation)
-            self.product_out = o3.Linear(self.product.irreps_out, self.gate.irreps_in)
+            self.product_out = o3.Linear(self.product.irreps_out, self.gate.irreps_in.simplify())
         self.self_interaction = o3.Linear(self.gate.irreps_out, self.gate.irreps_out)
         self.irreps_out = self.gate.irreps_out
         slices = _matching_slices(self.irreps_in, self.irreps_out) if residual else None

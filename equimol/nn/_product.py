@@ -28,8 +28,9 @@ class ProductBasis(nn.Module):
         correlation: the highest order of the products, at least 2.
 
     Shapes:
-        ``[N, irreps_in.dim]`` -> ``[N, irreps_out.dim]``: the products of every order,
-        concatenated (``irreps_out`` lists them).
+        ``[N, irreps_in.dim]`` -> ``[N, irreps_out.dim]``: the products of every order, grouped
+        by irrep (``irreps_out``, one entry per irrep, so that a linear map after it is one
+        matrix product per irrep).
     """
 
     def __init__(self, irreps_in: o3.Irreps | str, correlation: int) -> None:
@@ -46,11 +47,19 @@ class ProductBasis(nn.Module):
         for order in range(2, self.correlation + 1):
             left = self.irreps_in if order == 2 else steps[-1].irreps_next
             product = _channelwise_product(left, self.irreps_in, wanted, same_input=order == 2)
-            mix = o3.Linear(product.irreps_out, self.irreps_in) if order < self.correlation else None
+            # outputs come grouped by irrep, so the linear map sees one entry per irrep (one
+            # matrix product each instead of one per path)
+            mix = o3.Linear(product.irreps_out.simplify(), self.irreps_in) if order < self.correlation else None
             steps.append(_ProductStep(product, mix))
             outputs.append(product.irreps_out)
         self.steps = nn.ModuleList(steps)
-        self.irreps_out = o3.Irreps([entry for irreps in outputs for entry in irreps])
+        # all orders together, grouped by irrep: the components in that order
+        concatenated = o3.Irreps([entry for irreps in outputs for entry in irreps])
+        grouped, permutation, _ = concatenated.sort()
+        starts = [s.start for s in concatenated.slices()]
+        order = [i for k in range(len(concatenated)) for i in _entry_range(concatenated, starts, permutation.index(k))]
+        self.register_buffer("output_order", torch.tensor(order, dtype=torch.long), persistent=False)
+        self.irreps_out = grouped.simplify()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         left = features
@@ -58,7 +67,12 @@ class ProductBasis(nn.Module):
         for step in self.steps:
             out, left = step(left, features)
             results.append(out)
-        return torch.cat(results, dim=-1)
+        return torch.cat(results, dim=-1).index_select(-1, self.output_order)
+
+
+def _entry_range(irreps: o3.Irreps, starts: List[int], index: int) -> range:
+    """Components of entry ``index`` of ``irreps``."""
+    return range(starts[index], starts[index] + irreps[index].dim)
 
 
 class _ProductStep(nn.Module):
@@ -82,8 +96,8 @@ def _channelwise_product(
 ) -> o3.TensorProduct:
     """``o3.TensorProduct`` of all ``uuu`` paths from ``irreps_left x irreps_right`` into the
     irreps ``wanted``; with ``same_input`` (both inputs the same tensor) each unordered pair
-    once and no identically vanishing self-coupling."""
-    instructions, outputs = [], []
+    once and no identically vanishing self-coupling. The outputs are grouped by irrep."""
+    paths = []
     for i, (mul, ir_left) in enumerate(irreps_left):
         for j, (_, ir_right) in enumerate(irreps_right):
             if same_input and j < i:
@@ -93,6 +107,8 @@ def _channelwise_product(
                     continue
                 if same_input and i == j and (2 * ir_left.l - ir_out.l) % 2 == 1:
                     continue  # antisymmetric coupling of a vector with itself: zero
-                instructions.append((i, j, len(outputs), "uuu", True))
-                outputs.append((mul, ir_out))
+                paths.append((ir_out, i, j, mul))
+    paths.sort(key=lambda path: path[0])  # grouped by output irrep (a stable sort)
+    instructions = [(i, j, k, "uuu", True) for k, (_, i, j, _) in enumerate(paths)]
+    outputs = [(mul, ir_out) for ir_out, _, _, mul in paths]
     return o3.TensorProduct(irreps_left, irreps_right, o3.Irreps(outputs), instructions)
