@@ -177,6 +177,8 @@ class EquimolCalculator(Calculator):
         self.cutoff = float(cutoff) if cutoff is not None else package.cutoff
         # one neighbour list for all calls: it keeps its buffers between structures
         self._neighbours = vesin.NeighborList(cutoff=self.cutoff, full_list=True)
+        self._numbers: np.ndarray | None = None
+        self._types: torch.Tensor | None = None
 
     def calculate(
         self,
@@ -216,23 +218,26 @@ class EquimolCalculator(Calculator):
 
     def _calculate_aot(self, atoms: ase.Atoms, want_stress: bool) -> None:
         """Energy, forces (and stress) from the compiled package: the neighbour list gives the
-        edge vectors directly, the package the per-atom energies, forces and edge gradients."""
+        edge vectors directly, the package the per-atom energies, forces and edge gradients.
+        At a few atoms the Python around the package is a good part of the call, so the
+        species indices are kept while the atomic numbers stay the same."""
         positions, cell, pbc = structure_arrays(atoms, source="EquimolCalculator")
-        types = self.aot.species_index(atoms.numbers)
-        centre, neighbour, vectors = self._neighbours.compute(positions, cell, pbc.tolist(), "ijD")
-        edge_index = torch.from_numpy(np.stack((neighbour, centre)).astype(np.int64))
-        edge_vec = torch.from_numpy(vectors).to(self.dtype)
-        per_atom, forces, edge_grad = self.aot(
-            torch.from_numpy(types).to(self.device), edge_vec.to(self.device), edge_index.to(self.device)
-        )
-        energy = float(per_atom.sum())
+        numbers = atoms.arrays["numbers"]
+        if self._numbers is None or not np.array_equal(numbers, self._numbers):
+            self._types = torch.from_numpy(self.aot.species_index(numbers)).to(self.device)
+            self._numbers = numbers.copy()
+        centre, neighbour, vectors = self._neighbours.compute(positions, cell, pbc.tolist(), "ijD", copy=False)
+        edge_index = torch.from_numpy(np.stack((neighbour, centre)).astype(np.int64, copy=False))
+        edge_vec = torch.from_numpy(vectors).to(device=self.device, dtype=self.dtype)
+        per_atom, forces, edge_grad = self.aot(self._types, edge_vec, edge_index.to(self.device))
+        energy = per_atom.double().sum().item()
         self.results = {
             "energy": energy,
             "free_energy": energy,
-            "forces": forces.cpu().double().numpy(),
+            "forces": forces.cpu().numpy().astype(np.float64),
         }
         if want_stress:
             # dE/dstrain = sum over edges of r_e (x) dE/dr_e, symmetrised, over the volume
-            virial = vectors.T @ edge_grad.cpu().double().numpy()
+            virial = vectors.T @ edge_grad.cpu().numpy().astype(np.float64)
             virial = 0.5 * (virial + virial.T)
             self.results["stress"] = full_3x3_to_voigt_6_stress(virial / abs(np.linalg.det(cell)))

@@ -91,15 +91,16 @@ def edge_vectors(
 def structure_arrays(atoms: ase.Atoms, source: str = "structure") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``positions [N, 3]`` Å (float64), ``cell [3, 3]`` Å and ``pbc [3]`` (bool) of ``atoms``,
     checked: at least one atom, finite positions, a non-zero cell vector along every periodic
-    axis (ValueError naming ``source`` otherwise)."""
-    positions = np.asarray(atoms.get_positions(), dtype=np.float64)
-    if len(atoms) == 0:
+    axis (ValueError naming ``source`` otherwise). Positions and cell are the atoms' own arrays
+    where their dtype allows (no copy): read them, do not modify them."""
+    positions = np.asarray(atoms.arrays["positions"], dtype=np.float64)  # a view: callers only read it
+    if len(positions) == 0:
         raise ValueError(f"{source}: the structure has no atoms")
-    if not np.all(np.isfinite(positions)):
+    if not np.isfinite(positions).all():
         bad = np.unique(np.nonzero(~np.isfinite(positions))[0])
         raise ValueError(f"{source}: non-finite positions (NaN or inf) at atom indices {bad.tolist()}")
-    cell = np.asarray(atoms.get_cell()[:], dtype=np.float64)
-    pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+    cell = np.asarray(atoms.cell.array, dtype=np.float64)
+    pbc = np.asarray(atoms.pbc, dtype=bool)
     for axis in np.nonzero(pbc)[0]:
         if np.linalg.norm(cell[axis]) == 0:
             raise ValueError(f"{source}: periodic along axis {axis} but the cell vector is zero")

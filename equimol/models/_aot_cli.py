@@ -32,6 +32,11 @@ def compile_main(argv: list[str]) -> int:
     parser.add_argument(
         "--device", default="cpu", help="device the package runs on (compile on a GPU machine for 'cuda')"
     )
+    parser.add_argument(
+        "--no-autotune",
+        action="store_true",
+        help="do not time alternative matrix-product kernels (compiles faster, runs a little slower)",
+    )
     args = parser.parse_args(argv)
     from equimol.calculator import load_model
     from equimol.models.aot import export_aot
@@ -41,7 +46,7 @@ def compile_main(argv: list[str]) -> int:
         if args.dtype is not None:
             model = model.to(_DTYPES[args.dtype])
         start = time.perf_counter()
-        path = export_aot(model, args.output)
+        path = export_aot(model, args.output, autotune=not args.no_autotune)
     except (FileNotFoundError, ValueError, TypeError) as error:
         print(f"equimol compile: {error}", file=sys.stderr)
         return 2

@@ -72,13 +72,15 @@ def _example_graph(num_species: int, dtype: torch.dtype, device: torch.device):
     return types.to(device), edge_vec.to(device=device, dtype=dtype), edge_index.to(device)
 
 
-def export_aot(model: nn.Module, path: str | os.PathLike) -> Path:
+def export_aot(model: nn.Module, path: str | os.PathLike, autotune: bool = True) -> Path:
     """Compile ``model`` (an :class:`~equimol.models.equivariant.EquivariantPotential`) ahead
     of time into the package ``path`` (``.pt2``) and return its path.
 
     The model is copied, so its own parameters and mode are left as they are. Compiling
     takes tens of seconds for a small network (a C++ compiler must be installed); the
-    package then loads in milliseconds.
+    package then loads in milliseconds. ``autotune`` lets the compiler time its own
+    matrix-product kernels against the library's and keep the faster (about a third more
+    compile time; on a 9-atom molecule, a tenth off the package's time).
     """
     network = getattr(model, "network", None)
     if network is None or not hasattr(model, "atomic_numbers") or not hasattr(model, "cutoff"):
@@ -114,9 +116,10 @@ def export_aot(model: nn.Module, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # freezing folds what depends on the weights alone (weight normalisations, reshapes) into
     # constants: a third off a small molecule's call
-    torch._inductor.aoti_compile_and_package(
-        program, package_path=str(path), inductor_configs={"aot_inductor.metadata": metadata, "freezing": True}
-    )
+    options = {"aot_inductor.metadata": metadata, "freezing": True}
+    if autotune:
+        options.update(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN")
+    torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=options)
     return path
 
 
