@@ -1,4 +1,4 @@
-"""Many-body products of node features, channel by channel (MACE's idea, on equal terms)."""
+"""Many-body products of node features, channel by channel (the idea of MACE's symmetric contractions)."""
 
 from __future__ import annotations
 
