@@ -187,7 +187,9 @@ class EquivariantPotential(Potential):
         tensor_product: how the convolutions evaluate their tensor products: ``"fused"``
             (default, :class:`~equimol.nn.FusedTensorProduct`) or ``"e3nn"``
             (``o3.TensorProduct``): the same numbers to float round-off, the fused one
-            faster. The parameters are the same, so a state dict loads into either.
+            faster; or ``"cueq"``: NVIDIA cuEquivariance (``pip install "equimol[cueq]"``,
+            l <= 1; its fused kernels on a GPU). The parameters are the same, so a state
+            dict loads into any of them.
         self_connection: add NequIP's species-dependent self-connection in every
             interaction block: a linear map of each atom's own features, with weights
             chosen by its species, added to the convolution's output before the gate. An atom

@@ -14,7 +14,7 @@ from equimol.nn._fast_tp import FusedTensorProduct
 
 __all__ = ["TensorProductConv", "reachable_irreps", "TENSOR_PRODUCTS"]
 
-TENSOR_PRODUCTS = ("e3nn", "fused")
+TENSOR_PRODUCTS = ("e3nn", "fused", "cueq")
 """The implementations :class:`TensorProductConv` can evaluate its tensor product with."""
 
 
@@ -60,8 +60,9 @@ class TensorProductConv(nn.Module):
         avg_num_neighbors: typical number of neighbours per atom.
         tensor_product: ``"fused"`` (default) evaluates the product with
             :class:`~equimol.nn.FusedTensorProduct`, ``"e3nn"`` with ``o3.TensorProduct``:
-            the same numbers to float round-off, the fused one faster. Parameters and state
-            dicts are the same either way.
+            the same numbers to float round-off, the fused one faster; ``"cueq"`` with NVIDIA
+            cuEquivariance (optional dependency, l <= 1; its fused kernels on a GPU).
+            Parameters and state dicts are the same every way.
 
     Shapes:
         ``node_features [N, irreps_in.dim]``, ``edge_attr [E, irreps_edge.dim]``,
@@ -112,6 +113,7 @@ class TensorProductConv(nn.Module):
         )
         self.tensor_product = tensor_product
         self.fused: Optional[FusedTensorProduct] = None
+        self.cueq: Optional[nn.Module] = None
         self.set_tensor_product(tensor_product)
         self.radial_mlp = e3nn_nn.FullyConnectedNet(
             [int(num_radial), *[int(h) for h in radial_hidden], self.tp.weight_numel],
@@ -132,20 +134,29 @@ class TensorProductConv(nn.Module):
         if self.fused is not None:
             summed = self.fused.convolve(node_features, edge_attr, weights, edge_index)
         else:
-            messages = self.tp(node_features[neighbour], edge_attr, weights)
+            if self.cueq is not None:
+                messages = self.cueq(node_features.index_select(0, neighbour), edge_attr, weights)
+            else:
+                messages = self.tp(node_features[neighbour], edge_attr, weights)
             summed = messages.new_zeros((node_features.shape[0], messages.shape[1]))
             summed = summed.index_add(0, centre, messages)
         summed = summed / torch.sqrt(self.avg_num_neighbors).to(summed.dtype)
         return self.linear(summed)
 
     def set_tensor_product(self, tensor_product: str) -> None:
-        """Evaluate the tensor product with ``"e3nn"`` or ``"fused"`` from now on (same weights)."""
+        """Evaluate the tensor product with ``"e3nn"``, ``"fused"`` or ``"cueq"`` from now on
+        (same weights)."""
         if tensor_product not in TENSOR_PRODUCTS:
             raise ValueError(f"TensorProductConv: tensor_product must be one of {TENSOR_PRODUCTS}, got {tensor_product!r}")
         self.tensor_product = tensor_product
         self.fused = FusedTensorProduct.from_e3nn(self.tp) if tensor_product == "fused" else None
         if self.fused is not None:
             self.fused.to(self.tp.output_mask.device)
+        self.cueq = None
+        if tensor_product == "cueq":
+            from equimol.nn._cueq_tp import CuEquivarianceTensorProduct  # optional dependency
+
+            self.cueq = CuEquivarianceTensorProduct(self.tp).to(self.tp.output_mask.device)
 
     def set_avg_num_neighbors(self, value: float) -> None:
         """Set the neighbour normalisation (for example from training-set statistics)."""
