@@ -45,8 +45,9 @@ class ProductBasis(nn.Module):
         wanted = [ir for _, ir in self.irreps_in]
         steps, outputs = [], []
         for order in range(2, self.correlation + 1):
-            left = self.irreps_in if order == 2 else steps[-1].irreps_next
-            product = _channelwise_product(left, self.irreps_in, wanted, same_input=order == 2)
+            # order 2 multiplies the input with itself, higher orders the previous order mixed
+            # back to the input irreps: the left factor has the input irreps either way
+            product = _channelwise_product(self.irreps_in, self.irreps_in, wanted, same_input=order == 2)
             # outputs come grouped by irrep, so the linear map sees one entry per irrep (one
             # matrix product each instead of one per path)
             mix = o3.Linear(product.irreps_out.simplify(), self.irreps_in) if order < self.correlation else None
@@ -55,10 +56,10 @@ class ProductBasis(nn.Module):
         self.steps = nn.ModuleList(steps)
         # all orders together, grouped by irrep: the components in that order
         concatenated = o3.Irreps([entry for irreps in outputs for entry in irreps])
-        grouped, permutation, _ = concatenated.sort()
-        starts = [s.start for s in concatenated.slices()]
-        order = [i for k in range(len(concatenated)) for i in _entry_range(concatenated, starts, permutation.index(k))]
-        self.register_buffer("output_order", torch.tensor(order, dtype=torch.long), persistent=False)
+        grouped, _, source = concatenated.sort()  # entry k of grouped is entry source[k]
+        slices = concatenated.slices()
+        components = [i for k in range(len(concatenated)) for i in range(slices[source[k]].start, slices[source[k]].stop)]
+        self.register_buffer("output_order", torch.tensor(components, dtype=torch.long), persistent=False)
         self.irreps_out = grouped.simplify()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -70,11 +71,6 @@ class ProductBasis(nn.Module):
         return torch.cat(results, dim=-1).index_select(-1, self.output_order)
 
 
-def _entry_range(irreps: o3.Irreps, starts: List[int], index: int) -> range:
-    """Components of entry ``index`` of ``irreps``."""
-    return range(starts[index], starts[index] + irreps[index].dim)
-
-
 class _ProductStep(nn.Module):
     """One order: the product of the previous order (mixed back to the input irreps) with the input."""
 
@@ -82,7 +78,6 @@ class _ProductStep(nn.Module):
         super().__init__()
         self.product = product
         self.mix = mix
-        self.irreps_next = mix.irreps_out if mix is not None else product.irreps_out
 
     def forward(self, left: torch.Tensor, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         out = self.product(left, features)
