@@ -33,6 +33,7 @@ from torch import nn
 
 from equimol import _keys as K
 from equimol.data.graph import atoms_to_graph, structure_arrays
+from equimol.models._traced import virial_from_edge_gradients
 from equimol.models.aot import AOTPotential
 
 __all__ = ["EquimolCalculator", "load_model"]
@@ -126,16 +127,7 @@ class EquimolCalculator(Calculator):
                 network.set_compile(bool(compile))
             elif compile:
                 network.energy = torch.compile(network.energy, dynamic=True)
-        model_cutoff = getattr(network, "cutoff", None)
-        value = cutoff if cutoff is not None else model_cutoff
-        if value is None:
-            raise ValueError("the model has no 'cutoff' attribute; pass cutoff=<Å> to EquimolCalculator")
-        if model_cutoff is not None and float(value) < float(model_cutoff):
-            raise ValueError(
-                f"cutoff={value} Å is smaller than the model's cutoff of {float(model_cutoff)} Å: "
-                "the graph would miss neighbours the model was trained with"
-            )
-        self.cutoff = float(value)
+        self.cutoff = _graph_cutoff(cutoff, getattr(network, "cutoff", None))
 
     def check_state(self, atoms: ase.Atoms, tol: float = 1e-15) -> list[str]:
         """What changed since the last calculation, as ASE's ``compare_atoms`` reports it, but
@@ -165,16 +157,11 @@ class EquimolCalculator(Calculator):
             raise ValueError(
                 f"{package.path} was compiled for {package.device.type}; it cannot run on {self.device}"
             )
-        if cutoff is not None and float(cutoff) < package.cutoff:
-            raise ValueError(
-                f"cutoff={cutoff} Å is smaller than the model's cutoff of {package.cutoff} Å: "
-                "the graph would miss neighbours the model was trained with"
-            )
         self.aot = package
         self.model = None
         self.exported = False
         self.dtype = package.dtype
-        self.cutoff = float(cutoff) if cutoff is not None else package.cutoff
+        self.cutoff = _graph_cutoff(cutoff, package.cutoff)
         # one neighbour list for all calls: it keeps its buffers between structures
         self._neighbours = vesin.NeighborList(cutoff=self.cutoff, full_list=True)
         self._numbers: np.ndarray | None = None
@@ -236,8 +223,22 @@ class EquimolCalculator(Calculator):
             "free_energy": energy,
             "forces": forces.cpu().numpy().astype(np.float64),
         }
-        if want_stress:
-            # dE/dstrain = sum over edges of r_e (x) dE/dr_e, symmetrised, over the volume
-            virial = vectors.T @ edge_grad.cpu().numpy().astype(np.float64)
-            virial = 0.5 * (virial + virial.T)
-            self.results["stress"] = full_3x3_to_voigt_6_stress(virial / abs(np.linalg.det(cell)))
+        if want_stress:  # dE/dstrain from the edge gradients, as the compiled model does, over the volume
+            vectors = torch.from_numpy(vectors)
+            structure = torch.zeros(len(vectors), dtype=torch.long)
+            virial = virial_from_edge_gradients(vectors, edge_grad.cpu().to(vectors.dtype), structure, 1)[0]
+            self.results["stress"] = full_3x3_to_voigt_6_stress(virial.numpy() / abs(np.linalg.det(cell)))
+
+
+def _graph_cutoff(requested: float | None, model_cutoff: float | None) -> float:
+    """The radius of the calculator's graphs, Å: ``requested`` (at least the model's cutoff)
+    or the model's own; ValueError when neither is known or ``requested`` is too short."""
+    value = requested if requested is not None else model_cutoff
+    if value is None:
+        raise ValueError("the model has no 'cutoff' attribute; pass cutoff=<Å> to EquimolCalculator")
+    if model_cutoff is not None and float(value) < float(model_cutoff):
+        raise ValueError(
+            f"cutoff={value} Å is smaller than the model's cutoff of {float(model_cutoff)} Å: "
+            "the graph would miss neighbours the model was trained with"
+        )
+    return float(value)
