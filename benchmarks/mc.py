@@ -20,7 +20,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from equimol.simulate import LJGravityMetropolis, lj_gravity_mc  # noqa: E402
+from equimol.generate import LJGravityMetropolis, lj_gravity_mc  # noqa: E402
 
 
 def moves_per_second(n: int, dim: int, lj: bool, moves: int, seed: int) -> tuple[float, float]:

@@ -16,7 +16,7 @@ __all__ = ["SUBCOMMANDS", "main"]
 #: name -> (module, function in it taking ``list[str]`` and returning an exit code, help).
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": (
-        "equimol.simulate",
+        "equimol.generate",
         "cli_main",
         "generate a labelled data set (toy2d, lj-cluster, lj-gravity-mc, emt-md, molecule-md)",
     ),
@@ -26,7 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("equimol.train.cli", "predict_main", "predictions of a checkpoint on the test split"),
     "evaluate": ("equimol.train.evaluate", "evaluate_main", "metrics JSON and parity plot of a checkpoint on data"),
     "compile": (
-        "equimol.models._aot_cli",
+        "equimol.engines._compile_cli",
         "compile_main",
         "compile a checkpoint ahead of time into a .pt2 package for the ASE calculator",
     ),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from equimol.cli import SUBCOMMANDS, main
-from equimol.simulate import GENERATORS, toy2d
+from equimol.generate import GENERATORS, toy2d
 
 
 def test_generate_toy2d_writes_frames_that_read_back_with_their_labels(tmp_path, capsys) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from equimol.analysis.geometry import (
+from equimol.data.geometry import (
     augment_batch,
     classical_mds,
     coordinates_from_distances,

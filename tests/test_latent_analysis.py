@@ -12,7 +12,7 @@ import torch
 from ase import Atoms
 from ase.calculators.lj import LennardJones
 
-from equimol.analysis.geometry import augment_batch, random_rotations
+from equimol.data.geometry import augment_batch, random_rotations
 from equimol.analysis.latent import (
     anomaly_auc,
     cluster_scores,

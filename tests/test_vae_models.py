@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from equimol.analysis.geometry import augment_batch, pairwise_distances, random_rotations
+from equimol.data.geometry import augment_batch, pairwise_distances, random_rotations
 from equimol.models.vae import (
     ConfigurationVAE,
     CoordinateVAE,

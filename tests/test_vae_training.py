@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 
 from equimol.models.vae import CoordinateVAE, DensityGridVAE, DistanceMatrixVAE, InvariantVAE
-from equimol.simulate.monte_carlo import lj_gravity_mc
+from equimol.generate.monte_carlo import lj_gravity_mc
 from equimol.train.vae import ConfigurationDataModule, VAEModule, stack_configurations
 
 N, L = 8, 5.0

@@ -1,23 +1,9 @@
-"""Analysis of configurations and of generative models: geometry and latent spaces."""
+"""Analysis of trained generative models: latent spaces, reconstructions, physical validity.
 
-from equimol.analysis.geometry import (
-    augment_batch,
-    classical_mds,
-    coordinates_from_distances,
-    kabsch,
-    kabsch_align,
-    pairwise_distances,
-    random_rotations,
-    rmsd,
-)
+The geometry these functions build on (pairwise distances, classical MDS, Kabsch alignment,
+RMSD) lives in :mod:`equimol.data.geometry`, where models and data code can use it too.
+"""
 
-__all__ = [
-    "pairwise_distances",
-    "classical_mds",
-    "kabsch",
-    "kabsch_align",
-    "rmsd",
-    "coordinates_from_distances",
-    "random_rotations",
-    "augment_batch",
-]
+from equimol.analysis import latent
+
+__all__ = ["latent"]

@@ -31,7 +31,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, roc_auc_score
 from sklearn.mixture import GaussianMixture
 
-from equimol.analysis.geometry import (
+from equimol.data.geometry import (
     augment_batch,
     classical_mds,
     kabsch_align,
@@ -255,7 +255,7 @@ def reconstruction_rmsd(model: ConfigurationVAE, pos: torch.Tensor, batch_size: 
 
 def lj_energies(pos: np.ndarray, dim: int, epsilon: float = 1.0, sigma: float = 1.0) -> np.ndarray:
     """Untruncated Lennard-Jones energy of each configuration ``[M, N, 3]`` -> [M] (epsilon)."""
-    from equimol.simulate.potentials import lennard_jones_energy_forces
+    from equimol.generate.potentials import lennard_jones_energy_forces
 
     pos = np.asarray(pos, dtype=np.float64)
     return np.array([lennard_jones_energy_forces(p[:, :dim], epsilon, sigma)[0] for p in pos])

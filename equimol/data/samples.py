@@ -5,7 +5,7 @@ name             contents
 ===============  ===========================================================================
 ``ethanol_gfn2`` 300 frames of ethanol from Langevin MD at 500 K (0.5 fs steps, one frame
                  every 10 steps) with GFN2-xTB energies (eV) and forces (eV/Å), made by
-                 ``equimol.simulate.molecule_md(n_frames=300, seed=0)``; each frame's
+                 ``equimol.generate.molecule_md(n_frames=300, seed=0)``; each frame's
                  ``info["call"]`` holds the exact call.
 ===============  ===========================================================================
 

@@ -61,7 +61,7 @@ TEST_SETS: tuple[str, ...] = get_args(TestSetName)
 class DataSettings:
     """Where the structures come from, their graphs and the train/test split.
 
-    Exactly one of ``generator`` (a name of ``equimol.simulate.GENERATORS`` with
+    Exactly one of ``generator`` (a name of ``equimol.generate.GENERATORS`` with
     ``generator_args``), ``file`` (an extended-XYZ file or ASE database) or ``sample`` (a
     name of ``equimol.data.samples.available_samples()``) must be given.
 

@@ -44,7 +44,7 @@ __all__ = [
 def load_frames(settings: DataSettings) -> list[ase.Atoms]:
     """The labelled structures named by ``settings`` (generator, file or shipped sample)."""
     if settings.generator:
-        from equimol.simulate import GENERATORS
+        from equimol.generate import GENERATORS
 
         if settings.generator not in GENERATORS:
             raise ValueError(f"data.generator: unknown generator {settings.generator!r}; known: {sorted(GENERATORS)}")

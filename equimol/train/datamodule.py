@@ -59,7 +59,7 @@ class TransformedSubset(Dataset):
 
 
 def _generators() -> dict[str, Callable[..., list[ase.Atoms]]]:
-    from equimol.simulate import GENERATORS  # lazy: generators import heavy calculators
+    from equimol.generate import GENERATORS  # lazy: generators import heavy calculators
 
     return GENERATORS
 
@@ -75,7 +75,7 @@ def generate_cached(
     """Run a data generator once and cache its frames; returns the cache file.
 
     Args:
-        generator: ``{"name": <a key of equimol.simulate.GENERATORS>, **arguments}``.
+        generator: ``{"name": <a key of equimol.generate.GENERATORS>, **arguments}``.
         cache_dir: folder of the cache; the file name holds a hash of the name and arguments,
             so the same generator call finds the same file.
         default_seed: the generator's ``seed`` when ``generator`` gives none (default: the
@@ -157,7 +157,7 @@ class AtomsDataModule(pl.LightningDataModule):
     Args:
         cutoff: radius of the graphs, Å; must equal the model's cutoff.
         generator: ``{name: <generator>, <its arguments>}``, a generator of
-            ``equimol.simulate.GENERATORS`` (``toy2d``, ``lj-cluster``, ``lj-gravity-mc``,
+            ``equimol.generate.GENERATORS`` (``toy2d``, ``lj-cluster``, ``lj-gravity-mc``,
             ``emt-md``, ``molecule-md``); its ``seed`` defaults to ``seed``.
         path: a structure file (extended XYZ or anything ASE reads) or an ASE database.
         val_path: a structure file holding the validation set (see above); None splits the

@@ -31,7 +31,7 @@ import torch
 from ase import Atoms
 from torch.utils.data import DataLoader, TensorDataset
 
-from equimol.analysis.geometry import augment_batch
+from equimol.data.geometry import augment_batch
 from equimol.models.vae import ConfigurationVAE
 
 __all__ = [
@@ -92,7 +92,7 @@ def stack_configurations(frames: Sequence[Atoms]) -> dict[str, Any]:
 def _resolve_generator(generator: str | Callable[..., list[Atoms]]) -> Callable[..., list[Atoms]]:
     if callable(generator):
         return generator
-    from equimol.simulate import GENERATORS  # lazy: the simulators are only needed here
+    from equimol.generate import GENERATORS  # lazy: the simulators are only needed here
 
     if generator not in GENERATORS:
         raise KeyError(f"unknown generator {generator!r}; registered: {sorted(GENERATORS)}")
@@ -108,7 +108,7 @@ def generate_configurations(
     """Frames from ``generator`` at each gravity strength, concatenated.
 
     Calls ``generator(gamma=g, seed=seed + k, **generator_kwargs)`` for the k-th value ``g``
-    of ``gammas``. ``generator`` is a name in ``equimol.simulate.GENERATORS`` (e.g.
+    of ``gammas``. ``generator`` is a name in ``equimol.generate.GENERATORS`` (e.g.
     ``"lj-gravity-mc"``) or a callable with that signature.
     """
     fn = _resolve_generator(generator)
@@ -124,7 +124,7 @@ class ConfigurationDataModule(pl.LightningDataModule):
     Batches are ``(pos [B, N, 3] float32 Å, gamma [B] float32)``.
 
     Args:
-        generator: name in ``equimol.simulate.GENERATORS`` or a callable
+        generator: name in ``equimol.generate.GENERATORS`` or a callable
             ``(gamma=..., seed=..., **generator_kwargs) -> list[ase.Atoms]``.
         gammas: gravity strengths mixed in the data set.
         generator_kwargs: further arguments of the generator (``n_particles``, ``dim``,

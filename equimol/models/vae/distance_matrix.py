@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from equimol.analysis.geometry import classical_mds, pairwise_distances
+from equimol.data.geometry import classical_mds, pairwise_distances
 from equimol.models.vae._base import ConfigurationVAE, mlp
 
 __all__ = ["DistanceMatrixVAE"]
@@ -24,7 +24,7 @@ class DistanceMatrixVAE(ConfigurationVAE):
     softplus, and multiplied by an off-diagonal mask, so a decoded matrix is symmetric with an
     exactly zero diagonal. The reconstruction loss is a Gaussian NLL with standard deviation
     ``sigma`` (units of L) over the ``N (N - 1) / 2`` distinct entries. Coordinates are
-    recovered by classical multidimensional scaling (:func:`equimol.analysis.classical_mds`);
+    recovered by classical multidimensional scaling (:func:`equimol.data.geometry.classical_mds`);
     they are centred on the box centre, in an arbitrary orientation.
 
     Args:

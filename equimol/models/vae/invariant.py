@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from equimol.analysis.geometry import pairwise_distances
+from equimol.data.geometry import pairwise_distances
 from equimol.models.vae._base import ConfigurationVAE, mlp
 from equimol.nn import GaussianBasis, PolynomialCutoff
 

@@ -2,7 +2,7 @@
 
 Reduced units: epsilon = sigma = 1, so lengths are in sigma, energies in epsilon and forces
 in epsilon/sigma (read by ASE as Å, eV and eV/Å). The potential is the untruncated
-Lennard-Jones pair sum (:class:`~equimol.simulate.potentials.LennardJonesExact`): ASE's own
+Lennard-Jones pair sum (:class:`~equimol.generate.potentials.LennardJonesExact`): ASE's own
 ``LennardJones`` shifts the energy at its cutoff, which this data set avoids.
 """
 

@@ -1,4 +1,4 @@
-"""Tests of the data generators in equimol.simulate: labels, physics, seeds and errors."""
+"""Tests of the data generators in equimol.generate: labels, physics, seeds and errors."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ase.calculators.lj import LennardJones
 from scipy import stats
 
 from equimol.data.samples import available_samples, sample_path
-from equimol.simulate import (
+from equimol.generate import (
     GENERATORS,
     TOY2D_EQUILIBRIUM,
     LennardJonesExact,
@@ -351,7 +351,7 @@ def test_emt_unknown_element_names_it_and_the_choices() -> None:
 
 
 def test_shipped_ethanol_sample_labels_are_gfn2_energies_and_forces() -> None:
-    from equimol.simulate import xtb_calculator
+    from equimol.generate import xtb_calculator
 
     frames = ase.io.read(sample_path("ethanol_gfn2"), ":")
     assert len(frames) == 300
@@ -372,7 +372,7 @@ def test_shipped_ethanol_sample_labels_are_gfn2_energies_and_forces() -> None:
 
 
 def test_molecule_md_labels_are_the_unconstrained_xtb_forces() -> None:
-    from equimol.simulate import xtb_calculator
+    from equimol.generate import xtb_calculator
 
     frames = molecule_md(molecule="ethanol", n_frames=2, stride=3, n_equilibration_steps=3)
     for frame in frames:

@@ -1,0 +1,1 @@
+"""Running a trained potential: one inference interface and the engines built on it."""
