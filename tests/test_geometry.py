@@ -13,7 +13,7 @@ from equimol.data.geometry import (
     kabsch,
     kabsch_align,
     pairwise_distances,
-    random_rotations,
+    random_rotation,
     rmsd,
 )
 
@@ -47,7 +47,7 @@ def test_mds_reproduces_distances_in_torch_batches(dim):
 def test_kabsch_finds_the_rotation_and_translation_applied(dim):
     g = torch.Generator().manual_seed(2)
     p = torch.randn(4, 10, dim, generator=g, dtype=torch.float64)
-    rot = random_rotations(4, dim, g, torch.float64)[:, :dim, :dim]
+    rot = torch.as_tensor(random_rotation(2, planar=dim == 2, size=4))[:, :dim, :dim]
     t = torch.randn(4, dim, generator=g, dtype=torch.float64)
     q = p @ rot.transpose(-1, -2) + t.unsqueeze(1)
     r_found, t_found = kabsch(p, q)
@@ -74,7 +74,7 @@ def test_rmsd_of_a_rigid_shift_is_its_length():
 
 @pytest.mark.parametrize("dim", [2, 3])
 def test_random_rotations_are_proper_and_planar_in_2d(dim):
-    rot = random_rotations(50, dim, torch.Generator().manual_seed(3), torch.float64)
+    rot = torch.as_tensor(random_rotation(3, planar=dim == 2, size=50))
     eye = torch.eye(3, dtype=torch.float64).expand(50, 3, 3)
     torch.testing.assert_close(rot @ rot.transpose(-1, -2), eye, atol=1e-12, rtol=0)
     torch.testing.assert_close(torch.linalg.det(rot), torch.ones(50, dtype=torch.float64))

@@ -16,6 +16,7 @@ from ase.calculators.lj import LennardJones
 from torch_geometric.data import Batch
 from torch_geometric.transforms import Compose
 
+from equimol.data.geometry import random_rotation
 from equimol.data.graph import atoms_to_graph, edge_vectors
 from equimol.data.transforms import (
     Permute,
@@ -27,7 +28,6 @@ from equimol.data.transforms import (
     Rotate,
     Translate,
     random_reflection_matrix,
-    random_rotation_matrix,
     reflection_matrix,
     rotation_about_axis,
 )
@@ -86,7 +86,7 @@ def _vectors(graph) -> torch.Tensor:
 def test_labels_of_rotated_graph_equal_emt_labels_of_rotated_structure(alloy, alloy_graph, improper):
     generator = np.random.default_rng(11)
     for _ in range(3):
-        matrix = (random_reflection_matrix if improper else random_rotation_matrix)(generator)
+        matrix = (random_reflection_matrix if improper else random_rotation)(generator)
         rotated = Rotate(matrix)(alloy_graph)
         expected = _emt_labels(alloy.positions @ matrix.T, alloy.cell[:] @ matrix.T, alloy.numbers)
         _assert_labels_match(rotated, expected)
@@ -173,7 +173,7 @@ def test_random_transforms_are_reproducible_from_their_seed(alloy_graph):
 
 def test_random_rotations_are_uniform_over_so3():
     generator = np.random.default_rng(0)
-    matrices = np.stack([random_rotation_matrix(generator) for _ in range(4000)])
+    matrices = np.stack([random_rotation(generator) for _ in range(4000)])
     np.testing.assert_allclose(np.linalg.det(matrices), 1.0, atol=1e-12)
     np.testing.assert_allclose(matrices @ matrices.transpose(0, 2, 1), np.broadcast_to(np.eye(3), matrices.shape), atol=1e-12)
     # Haar measure: E[R] = 0 and E[R_ij^2] = 1/3 (standard error of each mean ~ 0.01)

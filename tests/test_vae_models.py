@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from equimol.data.geometry import augment_batch, pairwise_distances, random_rotations
+from equimol.data.geometry import augment_batch, pairwise_distances, random_rotation
 from equimol.models.vae import (
     ConfigurationVAE,
     CoordinateVAE,
@@ -97,7 +97,7 @@ def test_invariant_vae_latent_mean_is_invariant_to_rotation_permutation_translat
     model = _make(InvariantVAE, dim).double().eval()
     pos = _positions(6, dim, dtype=torch.float64)
     g = torch.Generator().manual_seed(7)
-    rot = random_rotations(6, dim, g, torch.float64)
+    rot = torch.as_tensor(random_rotation(7, planar=dim == 2, size=6))
     shift = torch.zeros(6, 1, 3, dtype=torch.float64)
     shift[..., :dim] = torch.randn(6, 1, dim, generator=g, dtype=torch.float64)
     moved = augment_batch(pos @ rot.transpose(-1, -2) + shift, L, dim, rotate=False, permute=True, generator=g)

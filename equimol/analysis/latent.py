@@ -36,7 +36,7 @@ from equimol.data.geometry import (
     classical_mds,
     kabsch_align,
     pairwise_distances,
-    random_rotations,
+    random_rotation,
     rmsd,
 )
 
@@ -199,8 +199,7 @@ def matched_rmsd(
     decoded = np.asarray(decoded, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
     dim = decoded.shape[-1]
-    rots = random_rotations(n_starts, dim, torch.Generator().manual_seed(seed), torch.float64).numpy()
-    rots = rots[:, :dim, :dim]
+    rots = random_rotation(seed, planar=dim == 2, size=n_starts)[:, :dim, :dim]
     out = np.empty(len(decoded))
     for b, (p, q) in enumerate(zip(decoded, reference)):
         if not align:

@@ -3,8 +3,9 @@ and the random rigid motions and relabellings used for augmentation and invarian
 
 Every function works on torch tensors with optional leading batch dimensions
 (``[..., N, d]``), in float32 or float64, and the distance-to-coordinate functions also accept
-NumPy arrays (returning NumPy). Nothing here imports the rest of equimol, so models and
-analysis code can both use it.
+NumPy arrays (returning NumPy); :func:`random_rotation`, the one rotation sampler of equimol,
+draws NumPy matrices from a NumPy generator. Nothing here imports the rest of equimol, so
+models, transforms and analysis code can all use it.
 
 The route from a distance matrix back to coordinates is:
 
@@ -24,6 +25,7 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 
 __all__ = [
     "pairwise_distances",
@@ -32,7 +34,7 @@ __all__ = [
     "kabsch_align",
     "rmsd",
     "coordinates_from_distances",
-    "random_rotations",
+    "random_rotation",
     "augment_batch",
 ]
 
@@ -174,35 +176,27 @@ def coordinates_from_distances(
     return kabsch_align(x, reference, allow_reflection=allow_reflection)
 
 
-def random_rotations(
-    n: int,
-    dim: int,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """``n`` random proper rotations as [n, 3, 3] matrices.
+def random_rotation(
+    generator: np.random.Generator | int | None = None, planar: bool = False, size: int | None = None
+) -> np.ndarray:
+    """Proper rotations drawn uniformly: Haar measure on SO(3), or on SO(2) about the z axis.
 
-    ``dim=2``: rotations about the z axis by an angle uniform in [0, 2 pi) (the plane z = 0 is
-    kept). ``dim=3``: uniform (Haar) rotations from the QR decomposition of a Gaussian matrix.
-    Apply to row vectors as ``pos @ R.transpose(-1, -2)``.
+    Args:
+        generator: a NumPy generator (or a seed for one) to draw from.
+        planar: rotate about the z axis only, by an angle uniform in [0, 2 pi), so the plane
+            z = 0 is kept.
+        size: number of rotations; ``None`` for a single one.
+
+    Returns:
+        [3, 3] (``size=None``) or [size, 3, 3] float64 matrices with determinant +1, drawn by
+        :meth:`scipy.spatial.transform.Rotation.random`. Apply to row vectors as
+        ``pos @ R.T``.
     """
-    if dim == 2:
-        angle = torch.rand(n, generator=generator, dtype=torch.float64) * 2 * math.pi
-        c, s = angle.cos(), angle.sin()
-        rot = torch.zeros(n, 3, 3, dtype=torch.float64)
-        rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1] = c, -s, s, c
-        rot[:, 2, 2] = 1.0
-    elif dim == 3:
-        g = torch.randn(n, 3, 3, generator=generator, dtype=torch.float64)
-        q, r = torch.linalg.qr(g)
-        q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
-        det = torch.linalg.det(q)
-        q[:, :, 0] = q[:, :, 0] * det.unsqueeze(-1)
-        rot = q
-    else:
-        raise ValueError(f"random_rotations: dim must be 2 or 3, got {dim}")
-    return rot.to(dtype=dtype, device=device)
+    rng = np.random.default_rng(generator)
+    if planar:
+        angle = rng.uniform(0.0, 2.0 * math.pi, size=size)
+        return Rotation.from_rotvec(np.multiply.outer(angle, [0.0, 0.0, 1.0])).as_matrix()
+    return Rotation.random(size, random_state=rng).as_matrix()
 
 
 def augment_batch(
@@ -223,7 +217,9 @@ def augment_batch(
     b, n, _ = pos.shape
     out = pos
     if rotate:
-        rot = random_rotations(b, dim, generator=generator, dtype=pos.dtype, device=pos.device)
+        # a NumPy generator seeded from the torch one, so ``generator`` fixes the rotations too
+        seed = int(torch.randint(2**63 - 1, (), generator=generator))
+        rot = torch.as_tensor(random_rotation(seed, planar=dim == 2, size=b), dtype=pos.dtype, device=pos.device)
         centre = pos.new_zeros(3)
         centre[:dim] = 0.5 * box_length
         out = (out - centre) @ rot.transpose(-1, -2) + centre

@@ -41,6 +41,7 @@ from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
 from equimol import _keys as K
+from equimol.data.geometry import random_rotation
 
 __all__ = [
     "Rotate",
@@ -53,7 +54,6 @@ __all__ = [
     "RandomTranslation",
     "rotation_about_axis",
     "reflection_matrix",
-    "random_rotation_matrix",
     "random_reflection_matrix",
 ]
 
@@ -103,21 +103,6 @@ def reflection_matrix(normal: Sequence[float]) -> np.ndarray:
     return np.eye(3) - 2.0 * np.outer(n, n)
 
 
-def random_rotation_matrix(generator: np.random.Generator, planar: bool = False) -> np.ndarray:
-    """A proper rotation drawn uniformly (Haar measure on SO(3), or on SO(2) about z).
-
-    Args:
-        generator: the NumPy generator to draw from.
-        planar: rotate about the z axis only, by an angle uniform in [0, 2 pi).
-
-    Returns:
-        [3, 3] float64 matrix with determinant +1.
-    """
-    if planar:
-        return rotation_about_axis((0.0, 0.0, 1.0), generator.uniform(0.0, 2.0 * np.pi))
-    return Rotation.random(random_state=generator).as_matrix()
-
-
 def random_reflection_matrix(generator: np.random.Generator, planar: bool = False) -> np.ndarray:
     """An improper rotation drawn uniformly from the det = -1 part of O(3) (or of O(2)).
 
@@ -128,7 +113,7 @@ def random_reflection_matrix(generator: np.random.Generator, planar: bool = Fals
         [3, 3] float64 orthogonal matrix with determinant -1.
     """
     mirror = np.diag([-1.0, 1.0, 1.0]) if planar else np.diag([1.0, 1.0, -1.0])
-    return random_rotation_matrix(generator, planar=planar) @ mirror
+    return random_rotation(generator, planar=planar) @ mirror
 
 
 # ----------------------------------------------------------------------------------------
@@ -368,7 +353,7 @@ class RandomRotation(_RandomTransform):
         self.planar = bool(planar)
 
     def sample(self, data: Data | None = None) -> Rotate:
-        return Rotate(random_rotation_matrix(self.generator, planar=self.planar))
+        return Rotate(random_rotation(self.generator, planar=self.planar))
 
     def __repr__(self) -> str:
         return f"RandomRotation(planar={self.planar}, seed={self.seed})"
