@@ -168,16 +168,16 @@ def overlapping_configurations(
     return out
 
 
-def _sorted_pairs(pos: np.ndarray, dim: int) -> np.ndarray:
-    d = pairwise_distances(torch.as_tensor(pos[..., :dim], dtype=torch.float64)).numpy()
-    iu = np.triu_indices(pos.shape[-2], k=1)
-    return np.sort(d[..., iu[0], iu[1]], axis=-1)
+def _pair_distances(pos: np.ndarray, dim: int, sort: bool = False) -> np.ndarray:
+    """[M, N (N - 1) / 2] distances of the first ``dim`` coordinates of ``pos [M, N, 3]``."""
+    x = torch.as_tensor(np.asarray(pos)[..., :dim], dtype=torch.float64)
+    return pairwise_distances(x, condensed=True, sort=sort).numpy()
 
 
 def distance_error(decoded: np.ndarray, reference: np.ndarray, dim: int) -> np.ndarray:
     """RMS difference of the sorted pair distances of ``decoded`` and ``reference`` ([M, N, 3])
     -> [M]. Needs no atom correspondence and no alignment, so it compares every model."""
-    diff = _sorted_pairs(np.asarray(decoded), dim) - _sorted_pairs(np.asarray(reference), dim)
+    diff = _pair_distances(decoded, dim, sort=True) - _pair_distances(reference, dim, sort=True)
     return np.sqrt((diff**2).mean(-1))
 
 
@@ -262,10 +262,7 @@ def lj_energies(pos: np.ndarray, dim: int, epsilon: float = 1.0, sigma: float = 
 
 def min_pair_distances(pos: np.ndarray, dim: int) -> np.ndarray:
     """Closest pair distance of each configuration ``[M, N, 3]`` -> [M]."""
-    d = pairwise_distances(torch.as_tensor(np.asarray(pos)[..., :dim], dtype=torch.float64)).numpy()
-    n = d.shape[-1]
-    d[..., np.arange(n), np.arange(n)] = np.inf
-    return d.min(axis=(-1, -2))
+    return _pair_distances(pos, dim).min(axis=-1)
 
 
 def physical_validity(

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch_geometric.utils import to_dense_batch
 
+from equimol.data.geometry import pairwise_distances
 from equimol.nn import CosineCutoff
 
 __all__ = [
@@ -149,18 +150,6 @@ class Featurizer(nn.Module):
         return self.features(pos, z)
 
 
-def _pair_indices(n_atoms: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """i < j in row-major order, the condensed order of ``scipy.spatial.distance.pdist``."""
-    i, j = torch.triu_indices(n_atoms, n_atoms, offset=1, device=device)
-    return i, j
-
-
-def _pairwise_distances(pos: torch.Tensor) -> torch.Tensor:
-    """[B, N, 3] -> [B, N (N - 1) / 2] distances r_ij, i < j in pdist order."""
-    i, j = _pair_indices(pos.shape[1], pos.device)
-    return torch.linalg.vector_norm(pos[:, j] - pos[:, i], dim=-1)
-
-
 def _num_pairs(n_atoms: int) -> int:
     if n_atoms < 2:
         raise ValueError(f"a pairwise featurizer needs at least 2 atoms, got n_atoms={n_atoms}")
@@ -196,14 +185,15 @@ class PairwiseDistances(Featurizer):
     """All distances ``r_ij`` (Å), i < j, in the condensed order of ``scipy.spatial.distance.pdist``.
 
     Invariant under translations, rotations and reflections, not under permutations. The
-    gradient is undefined for two atoms at the same place.
+    gradient is finite everywhere (zero for two atoms at the same place), see
+    :func:`equimol.data.geometry.pairwise_distances`.
     """
 
     def num_features(self, n_atoms: int) -> int:
         return _num_pairs(n_atoms)
 
     def features(self, pos: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return _pairwise_distances(pos)
+        return pairwise_distances(pos, condensed=True)
 
 
 class InverseDistances(Featurizer):
@@ -216,7 +206,7 @@ class InverseDistances(Featurizer):
         return _num_pairs(n_atoms)
 
     def features(self, pos: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return _pairwise_distances(pos).reciprocal()
+        return pairwise_distances(pos, condensed=True).reciprocal()
 
 
 class SortedDistances(Featurizer):
@@ -231,19 +221,7 @@ class SortedDistances(Featurizer):
         return _num_pairs(n_atoms)
 
     def features(self, pos: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return torch.sort(_pairwise_distances(pos), dim=-1).values
-
-
-def _safe_distance_matrix(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense vectors ``r_ij = pos_j - pos_i`` [B, N, N, 3] and distances [B, N, N].
-
-    The diagonal of the distance matrix is set to 1 (instead of 0) so that its gradient stays
-    finite; callers mask it.
-    """
-    vectors = pos[:, None, :, :] - pos[:, :, None, :]
-    eye = torch.eye(pos.shape[1], dtype=pos.dtype, device=pos.device)
-    distances = torch.sqrt((vectors * vectors).sum(-1) + eye)
-    return vectors, distances
+        return pairwise_distances(pos, sort=True)
 
 
 class CoulombMatrixEigenvalues(Featurizer):
@@ -264,8 +242,8 @@ class CoulombMatrixEigenvalues(Featurizer):
 
     def features(self, pos: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         charges = z.to(pos.dtype)
-        _, distances = _safe_distance_matrix(pos)
         eye = torch.eye(pos.shape[1], dtype=pos.dtype, device=pos.device)
+        distances = pairwise_distances(pos) + eye  # 1 on the diagonal, which is masked
         off_diagonal = charges[:, :, None] * charges[:, None, :] / distances * (1 - eye)
         matrix = off_diagonal + torch.diag_embed(0.5 * charges.pow(2.4))
         return torch.flip(torch.linalg.eigvalsh(matrix), dims=[-1])
@@ -396,8 +374,10 @@ class ACSF(Featurizer):
         dtype = pos.dtype
         onehot = self._one_hot(z, dtype)  # [B, N, S]
         s = onehot.shape[-1]
-        vectors, r = _safe_distance_matrix(pos)  # [B, N, N, 3], [B, N, N]
-        not_self = 1.0 - torch.eye(n, dtype=dtype, device=pos.device)
+        eye = torch.eye(n, dtype=dtype, device=pos.device)
+        vectors = pos[:, None, :, :] - pos[:, :, None, :]  # r_ij = pos_j - pos_i, [B, N, N, 3]
+        r = pairwise_distances(pos) + eye  # [B, N, N]; 1 on the diagonal, which is masked
+        not_self = 1.0 - eye
         fc = self.envelope(r) * not_self  # [B, i, j]
 
         # radial: [B, i, n_radial, S]

@@ -54,23 +54,34 @@ def _back(x: torch.Tensor, was_numpy: bool) -> np.ndarray | torch.Tensor:
     return x.detach().cpu().numpy() if was_numpy else x
 
 
-def pairwise_distances(pos: torch.Tensor) -> torch.Tensor:
+def pairwise_distances(pos: torch.Tensor, condensed: bool = False, sort: bool = False) -> torch.Tensor:
     """All pairwise distances, with a finite gradient everywhere.
 
     Args:
         pos: [..., N, d] positions (Å).
+        condensed: return only the ``N (N - 1) / 2`` distances ``r_ij`` with ``i < j``, in the
+            condensed (row-major) order of ``scipy.spatial.distance.pdist``.
+        sort: return the condensed distances sorted ascending (implies ``condensed``):
+            invariant to rotations, reflections, translations and permutations of the atoms;
+            the gradient follows the sorting permutation.
 
     Returns:
-        [..., N, N] distances (Å), exactly zero on the diagonal. The diagonal is masked before
-        the square root, so back-propagation through coinciding points on the diagonal gives
-        zeros, not NaN.
+        [..., N, N] distances (Å), exactly zero on the diagonal; [..., N (N - 1) / 2] with
+        ``condensed`` or ``sort``. The diagonal is masked before the square root, and the
+        squared distances are clamped at 1e-30, so back-propagation through coinciding points
+        gives zeros, not NaN.
     """
     diff = pos.unsqueeze(-2) - pos.unsqueeze(-3)
     sq = (diff * diff).sum(-1)
     n = pos.shape[-2]
     eye = torch.eye(n, dtype=torch.bool, device=pos.device)
     sq = torch.where(eye, torch.ones_like(sq), sq)
-    return torch.where(eye, torch.zeros_like(sq), sq.clamp_min(1e-30).sqrt())
+    distances = torch.where(eye, torch.zeros_like(sq), sq.clamp_min(1e-30).sqrt())
+    if not (condensed or sort):
+        return distances
+    i, j = torch.triu_indices(n, n, offset=1, device=pos.device)
+    distances = distances[..., i, j]
+    return distances.sort(dim=-1).values if sort else distances
 
 
 def classical_mds(distances: Array, dim: int) -> Array:

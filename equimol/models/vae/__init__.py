@@ -14,7 +14,7 @@ from equimol.models.vae._base import ConfigurationVAE, gaussian_kl
 from equimol.models.vae.coordinate import CoordinateVAE
 from equimol.models.vae.density_grid import DensityGridVAE, grid_peaks, occupancy_grid
 from equimol.models.vae.distance_matrix import DistanceMatrixVAE
-from equimol.models.vae.invariant import InvariantVAE, sorted_pair_distances
+from equimol.models.vae.invariant import InvariantVAE
 
 __all__ = [
     "ConfigurationVAE",
@@ -25,5 +25,4 @@ __all__ = [
     "gaussian_kl",
     "occupancy_grid",
     "grid_peaks",
-    "sorted_pair_distances",
 ]

@@ -9,23 +9,7 @@ from equimol.data.geometry import pairwise_distances
 from equimol.models.vae._base import ConfigurationVAE, mlp
 from equimol.nn import GaussianBasis, PolynomialCutoff
 
-__all__ = ["InvariantVAE", "sorted_pair_distances"]
-
-
-def sorted_pair_distances(pos: torch.Tensor) -> torch.Tensor:
-    """The ``N (N - 1) / 2`` distinct pair distances of each configuration, sorted ascending.
-
-    Args:
-        pos: [B, N, d].
-
-    Returns:
-        [B, N (N - 1) / 2], same unit as ``pos``. Invariant to rotations, reflections,
-        translations and permutations of the atoms; differentiable (the gradient follows the
-        sorting permutation).
-    """
-    n = pos.shape[-2]
-    i, j = torch.triu_indices(n, n, offset=1, device=pos.device)
-    return pairwise_distances(pos)[:, i, j].sort(dim=-1).values
+__all__ = ["InvariantVAE"]
 
 
 class InvariantVAE(ConfigurationVAE):
@@ -45,9 +29,10 @@ class InvariantVAE(ConfigurationVAE):
     **Decoder.** An MLP gives ``N * dim`` coordinates (units of L). The reconstruction is
     scored by the Gaussian NLL (standard deviation ``sigma``, units of L) between the *sorted*
     pair distances of the decoded and of the input configuration
-    (:func:`sorted_pair_distances`). That loss is invariant to the same transformations, so
-    the decoder is free to place the configuration in any orientation and labelling; the
-    decoded configuration matches the input up to a rigid motion and a relabelling, and
+    (:func:`equimol.data.geometry.pairwise_distances` with ``sort=True``). That loss is
+    invariant to the same transformations, so the decoder is free to place the configuration
+    in any orientation and labelling; the decoded configuration matches the input up to a
+    rigid motion and a relabelling, and
     :meth:`to_positions` returns it centred on the box centre. The price: absolute height
     under gravity is not represented -- only what the pair-distance statistics carry about it.
 
@@ -106,14 +91,14 @@ class InvariantVAE(ConfigurationVAE):
 
     def target(self, pos: torch.Tensor) -> torch.Tensor:
         """[B, N (N - 1) / 2] sorted pair distances / L."""
-        return sorted_pair_distances(self.check_positions(pos) / self.box_length)
+        return pairwise_distances(self.check_positions(pos) / self.box_length, sort=True)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """[B, N, dim] coordinates in units of L (arbitrary frame)."""
         return self.decoder(z).view(-1, self.n_atoms, self.dim)
 
     def reconstruction_loss(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return ((sorted_pair_distances(recon) - target) ** 2).sum(-1) / (2 * self.sigma**2)
+        return ((pairwise_distances(recon, sort=True) - target) ** 2).sum(-1) / (2 * self.sigma**2)
 
     def to_positions(self, recon: torch.Tensor) -> torch.Tensor:
         x = recon * self.box_length
