@@ -32,7 +32,7 @@ A planar (2D) system is a 3D system with ``z = 0``; the ``planar`` options keep 
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -340,7 +340,23 @@ class _RandomTransform(BaseTransform):
         return self.sample(data).forward(data)
 
 
-class RandomRotation(_RandomTransform):
+class _RandomOrthogonal(_RandomTransform):
+    """Apply an orthogonal matrix drawn by ``draw(generator, planar=...)`` to each structure."""
+
+    draw: Callable[..., np.ndarray]
+
+    def __init__(self, planar: bool = False, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.planar = bool(planar)
+
+    def sample(self, data: Data | None = None) -> Rotate:
+        return Rotate(self.draw(self.generator, planar=self.planar))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(planar={self.planar}, seed={self.seed})"
+
+
+class RandomRotation(_RandomOrthogonal):
     """Rotate each structure by a proper rotation drawn uniformly from SO(3).
 
     Args:
@@ -348,18 +364,10 @@ class RandomRotation(_RandomTransform):
         seed: seed of this transform's own NumPy generator (``None``: fresh entropy).
     """
 
-    def __init__(self, planar: bool = False, seed: int | None = None) -> None:
-        super().__init__(seed)
-        self.planar = bool(planar)
-
-    def sample(self, data: Data | None = None) -> Rotate:
-        return Rotate(random_rotation(self.generator, planar=self.planar))
-
-    def __repr__(self) -> str:
-        return f"RandomRotation(planar={self.planar}, seed={self.seed})"
+    draw = staticmethod(random_rotation)
 
 
-class RandomReflection(_RandomTransform):
+class RandomReflection(_RandomOrthogonal):
     """Apply an improper rotation drawn uniformly from the det = -1 part of O(3).
 
     Args:
@@ -367,15 +375,7 @@ class RandomReflection(_RandomTransform):
         seed: seed of this transform's own NumPy generator (``None``: fresh entropy).
     """
 
-    def __init__(self, planar: bool = False, seed: int | None = None) -> None:
-        super().__init__(seed)
-        self.planar = bool(planar)
-
-    def sample(self, data: Data | None = None) -> Rotate:
-        return Rotate(random_reflection_matrix(self.generator, planar=self.planar))
-
-    def __repr__(self) -> str:
-        return f"RandomReflection(planar={self.planar}, seed={self.seed})"
+    draw = staticmethod(random_reflection_matrix)
 
 
 class RandomPermutation(_RandomTransform):

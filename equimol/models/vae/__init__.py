@@ -10,7 +10,7 @@ Four models share :class:`ConfigurationVAE`'s interface and differ in what they 
   by construction, and a coordinate decoder scored on sorted pair distances.
 """
 
-from equimol.models.vae._base import ConfigurationVAE, gaussian_kl
+from equimol.models.vae._base import ConfigurationVAE, gaussian_kl, gaussian_nll
 from equimol.models.vae.coordinate import CoordinateVAE
 from equimol.models.vae.density_grid import DensityGridVAE, grid_peaks, occupancy_grid
 from equimol.models.vae.distance_matrix import DistanceMatrixVAE
@@ -23,6 +23,7 @@ __all__ = [
     "DensityGridVAE",
     "InvariantVAE",
     "gaussian_kl",
+    "gaussian_nll",
     "occupancy_grid",
     "grid_peaks",
 ]

@@ -18,22 +18,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ConfigurationVAE", "mlp", "gaussian_kl"]
-
-
-def mlp(sizes: list[int], activation: type[nn.Module] = nn.SiLU) -> nn.Sequential:
-    """Fully connected network ``sizes[0] -> ... -> sizes[-1]``, no activation after the last."""
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
+__all__ = ["ConfigurationVAE", "gaussian_kl", "gaussian_nll"]
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """``KL(N(mu, exp(logvar)) || N(0, 1))`` summed over latent dimensions: [B, k] -> [B] (nats)."""
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+def gaussian_nll(recon: torch.Tensor, target: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Negative log-likelihood, up to a constant, of ``target`` under ``N(recon, sigma^2)``
+    for every entry, summed over the last dimension: [B, F] -> [B]."""
+    return ((recon - target) ** 2).sum(-1) / (2 * sigma**2)
 
 
 class ConfigurationVAE(nn.Module):
@@ -85,6 +81,12 @@ class ConfigurationVAE(nn.Module):
         """``pos [B, N, 3]`` with the atoms in the order the decoder reproduces them
         (only for models with ``ordered_output``)."""
         raise NotImplementedError(f"{type(self).__name__} does not decode atoms in a fixed order")
+
+    @staticmethod
+    def _atoms_sorted_by(pos: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """``pos [B, N, 3]`` with the atoms of each configuration in ascending order of ``key [B, N]``."""
+        idx = torch.argsort(key, dim=-1)
+        return torch.gather(pos, 1, idx.unsqueeze(-1).expand_as(pos))
 
     def represent(self, pos: torch.Tensor) -> torch.Tensor:
         """The encoder's input for positions ``pos [B, N, 3]`` Å."""

@@ -6,7 +6,8 @@ from typing import Literal
 
 import torch
 
-from equimol.models.vae._base import ConfigurationVAE, mlp
+from equimol.models._mlp import mlp
+from equimol.models.vae._base import ConfigurationVAE, gaussian_nll
 
 __all__ = ["CoordinateVAE"]
 
@@ -48,8 +49,8 @@ class CoordinateVAE(ConfigurationVAE):
         self.order = order
         self.sigma = float(sigma)
         n_in = self.n_atoms * self.dim
-        self.encoder = mlp([n_in, *hidden, 2 * latent_dim])
-        self.decoder = mlp([latent_dim, *reversed(hidden), n_in])
+        self.encoder = mlp(n_in, hidden, 2 * latent_dim)
+        self.decoder = mlp(latent_dim, reversed(hidden), n_in)
 
     ordered_output = True
     absolute_frame = True
@@ -59,8 +60,7 @@ class CoordinateVAE(ConfigurationVAE):
         self.check_positions(pos)
         if self.order == "none":
             return pos
-        idx = torch.argsort(pos[..., 0], dim=-1)
-        return torch.gather(pos, 1, idx.unsqueeze(-1).expand_as(pos))
+        return self._atoms_sorted_by(pos, pos[..., 0])
 
     def represent(self, pos: torch.Tensor) -> torch.Tensor:
         """[B, N * dim] flattened normalised coordinates."""
@@ -72,7 +72,7 @@ class CoordinateVAE(ConfigurationVAE):
         return self.decoder(z)
 
     def reconstruction_loss(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return ((recon - target) ** 2).sum(-1) / (2 * self.sigma**2)
+        return gaussian_nll(recon, target, self.sigma)
 
     def to_positions(self, recon: torch.Tensor) -> torch.Tensor:
         x = (recon.view(-1, self.n_atoms, self.dim) + 0.5) * self.box_length

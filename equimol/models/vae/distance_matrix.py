@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from equimol.data.geometry import classical_mds, pairwise_distances
-from equimol.models.vae._base import ConfigurationVAE, mlp
+from equimol.models._mlp import mlp
+from equimol.models.vae._base import ConfigurationVAE, gaussian_nll
 
 __all__ = ["DistanceMatrixVAE"]
 
@@ -54,9 +55,9 @@ class DistanceMatrixVAE(ConfigurationVAE):
             nn.SiLU(),
             nn.AdaptiveAvgPool2d(4),
             nn.Flatten(),
-            mlp([16 * c2, hidden, 2 * latent_dim]),
+            mlp(16 * c2, [hidden], 2 * latent_dim),
         )
-        self.decoder = mlp([latent_dim, hidden, hidden, n_atoms * n_atoms])
+        self.decoder = mlp(latent_dim, [hidden, hidden], n_atoms * n_atoms)
         self.register_buffer("_offdiag", 1.0 - torch.eye(n_atoms), persistent=False)
         iu = torch.triu_indices(n_atoms, n_atoms, offset=1)
         self.register_buffer("_triu", iu, persistent=False)
@@ -67,8 +68,7 @@ class DistanceMatrixVAE(ConfigurationVAE):
     def canonical_positions(self, pos: torch.Tensor) -> torch.Tensor:
         """``pos [B, N, 3]`` with the atoms ordered by distance from the origin."""
         x = self.check_positions(pos)
-        idx = torch.argsort((x * x).sum(-1), dim=-1)
-        return torch.gather(pos, 1, idx.unsqueeze(-1).expand_as(pos))
+        return self._atoms_sorted_by(pos, (x * x).sum(-1))
 
     def distance_matrix(self, pos: torch.Tensor) -> torch.Tensor:
         """[B, N, N] distances / L, atoms ordered by distance from the origin."""
@@ -91,7 +91,7 @@ class DistanceMatrixVAE(ConfigurationVAE):
 
     def reconstruction_loss(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         i, j = self._triu
-        return ((recon[:, i, j] - target[:, i, j]) ** 2).sum(-1) / (2 * self.sigma**2)
+        return gaussian_nll(recon[:, i, j], target[:, i, j], self.sigma)
 
     def to_positions(self, recon: torch.Tensor) -> torch.Tensor:
         """Classical MDS of the decoded matrix, centred on the box centre."""

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from equimol.data.geometry import pairwise_distances
-from equimol.models.vae._base import ConfigurationVAE, mlp
+from equimol.models._mlp import mlp
+from equimol.models.vae._base import ConfigurationVAE, gaussian_nll
 from equimol.nn import GaussianBasis, PolynomialCutoff
 
 __all__ = ["InvariantVAE"]
@@ -63,11 +64,11 @@ class InvariantVAE(ConfigurationVAE):
         self.sigma = float(sigma)
         self.basis = GaussianBasis(cutoff, num_basis)
         self.envelope = PolynomialCutoff(cutoff)
-        self.embed = mlp([num_basis, features, features])
-        self.filters = nn.ModuleList(mlp([num_basis, features, features]) for _ in range(n_interactions))
-        self.updates = nn.ModuleList(mlp([features, features, features]) for _ in range(n_interactions))
-        self.encoder = mlp([features, features, 2 * latent_dim])
-        self.decoder = mlp([latent_dim, *hidden, n_atoms * dim])
+        self.embed = mlp(num_basis, [features], features)
+        self.filters = nn.ModuleList(mlp(num_basis, [features], features) for _ in range(n_interactions))
+        self.updates = nn.ModuleList(mlp(features, [features], features) for _ in range(n_interactions))
+        self.encoder = mlp(features, [features], 2 * latent_dim)
+        self.decoder = mlp(latent_dim, hidden, n_atoms * dim)
         self.register_buffer("_offdiag", 1.0 - torch.eye(n_atoms), persistent=False)
 
     def pair_embedding(self, pos: torch.Tensor) -> torch.Tensor:
@@ -98,7 +99,7 @@ class InvariantVAE(ConfigurationVAE):
         return self.decoder(z).view(-1, self.n_atoms, self.dim)
 
     def reconstruction_loss(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return ((pairwise_distances(recon, sort=True) - target) ** 2).sum(-1) / (2 * self.sigma**2)
+        return gaussian_nll(pairwise_distances(recon, sort=True), target, self.sigma)
 
     def to_positions(self, recon: torch.Tensor) -> torch.Tensor:
         x = recon * self.box_length
