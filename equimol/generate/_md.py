@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 from ase import Atoms, units
+from ase.calculators.calculator import Calculator
 from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 from tqdm.auto import tqdm
 
+from ._checks import check_non_negative, check_positive
 from ._frames import label_frame
 
 __all__ = ["langevin_frames"]
@@ -19,6 +21,7 @@ __all__ = ["langevin_frames"]
 
 def langevin_frames(
     atoms: Atoms,
+    calculator: Callable[[], Calculator],
     *,
     temperature_K: float,
     timestep_fs: float,
@@ -28,12 +31,12 @@ def langevin_frames(
     n_equilibration_steps: int,
     seed: int,
     info: Mapping[str, Any],
-    with_stress: bool,
     progress: bool,
     desc: str,
 ) -> list[Atoms]:
-    """Run Langevin MD on ``atoms`` (with its calculator) and return labelled snapshots.
+    """Run Langevin MD on ``atoms`` with a new ``calculator()`` and return labelled snapshots.
 
+    The arguments are checked first (errors name them), then the calculator is made.
     Velocities start from a Maxwell-Boltzmann distribution at ``temperature_K`` (centre of
     mass at rest and held fixed with ``FixCom``; rotation removed for molecules). After
     ``n_equilibration_steps`` steps, one frame is taken every ``stride`` steps until
@@ -41,21 +44,29 @@ def langevin_frames(
     constrains the dynamics).
 
     Args:
-        atoms: start structure with an ASE calculator attached; it is propagated in place.
+        atoms: start structure; it gets the calculator and is propagated in place.
+        calculator: makes the ASE calculator of the labels.
         temperature_K: thermostat temperature, K.
         timestep_fs: time step, fs.
         friction_per_fs: Langevin friction, 1/fs.
         n_frames, stride, n_equilibration_steps: sampling schedule, in MD steps.
         seed: seed of the initial velocities and of the Langevin noise.
         info: metadata copied into every frame's ``info`` (``md_step`` is added).
-        with_stress: also store the stress, eV/Å³ (periodic systems).
         progress: show a progress bar.
         desc: label of the progress bar.
 
     Returns:
-        ``n_frames`` copies of the structure with ``energy`` (eV), ``forces`` (eV/Å) and,
-        if asked, ``stress`` (eV/Å³, Voigt) labels.
+        ``n_frames`` copies of the structure with ``energy`` (eV) and ``forces`` (eV/Å) labels,
+        and ``stress`` (eV/Å³, Voigt) when the structure is periodic in all directions.
     """
+    check_positive("temperature_K", temperature_K)
+    check_positive("n_frames", n_frames)
+    check_positive("stride", stride)
+    check_non_negative("n_equilibration_steps", n_equilibration_steps)
+    check_positive("timestep_fs", timestep_fs)
+    check_non_negative("friction_per_fs", friction_per_fs)
+    atoms.calc = calculator()
+    with_stress = bool(atoms.pbc.all())
     rng = np.random.RandomState(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)

@@ -9,8 +9,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from ._checks import check_non_negative, check_positive
-from ._frames import call_string
+from ._frames import frame_generator
 from ._md import langevin_frames
 
 __all__ = ["emt_md", "EMT_ELEMENTS"]
@@ -19,6 +18,7 @@ __all__ = ["emt_md", "EMT_ELEMENTS"]
 EMT_ELEMENTS = ("Cu", "Ni", "Al", "Ag", "Au", "Pd", "Pt")
 
 
+@frame_generator("emt-md")
 def emt_md(
     element: str = "Cu",
     size: int | tuple[int, int, int] = 2,
@@ -50,9 +50,8 @@ def emt_md(
 
     Returns:
         Frames with ``energy`` (eV), ``forces`` ``[N, 3]`` (eV/Å) and ``stress`` (Voigt, eV/Å³)
-        labels, periodic in all directions, and ``info`` keys ``generator``, ``seed``,
-        ``element``, ``size``, ``lattice_constant``, ``temperature_K``, ``timestep_fs``,
-        ``friction_per_fs``, ``stride``, ``md_step`` and ``call``.
+        labels, periodic in all directions, and ``info`` keys ``generator``, the arguments
+        (``size`` as three repetitions), ``lattice_constant``, ``md_step`` and ``call``.
     """
     if element not in EMT_ELEMENTS:
         raise ValueError(
@@ -61,38 +60,11 @@ def emt_md(
     reps = (size,) * 3 if isinstance(size, int) else tuple(size)
     if len(reps) != 3 or any(int(r) != r or r < 1 for r in reps):
         raise ValueError(f"size must be a positive integer or three positive integers, got {size!r}")
-    check_positive("temperature_K", temperature_K)
-    check_positive("n_frames", n_frames)
-    check_positive("stride", stride)
-    check_non_negative("n_equilibration_steps", n_equilibration_steps)
-    check_positive("timestep_fs", timestep_fs)
-    check_non_negative("friction_per_fs", friction_per_fs)
     unit = bulk(element, "fcc", cubic=True)
-    atoms = unit.repeat(reps)
-    atoms.calc = EMT()
-    call = call_string(
-        "emt_md",
-        {
-            "element": element, "size": size, "temperature_K": temperature_K,
-            "n_frames": n_frames, "stride": stride,
-            "n_equilibration_steps": n_equilibration_steps, "timestep_fs": timestep_fs,
-            "friction_per_fs": friction_per_fs, "seed": seed,
-        },
-    )  # fmt: skip
-    info = {
-        "generator": "emt-md",
-        "seed": seed,
-        "element": element,
-        "size": list(reps),
-        "lattice_constant": float(unit.cell[0, 0]),
-        "temperature_K": temperature_K,
-        "timestep_fs": timestep_fs,
-        "friction_per_fs": friction_per_fs,
-        "stride": stride,
-        "call": call,
-    }
+    info = {"size": list(reps), "lattice_constant": float(unit.cell[0, 0])}
     return langevin_frames(
-        atoms,
+        unit.repeat(reps),
+        EMT,
         temperature_K=temperature_K,
         timestep_fs=timestep_fs,
         friction_per_fs=friction_per_fs,
@@ -101,7 +73,6 @@ def emt_md(
         n_equilibration_steps=n_equilibration_steps,
         seed=seed,
         info=info,
-        with_stress=True,
         progress=progress,
         desc=f"emt-md {element}",
     )

@@ -13,7 +13,7 @@ from ase import Atoms
 from ase.optimize import BFGS
 
 from ._checks import check_non_negative, check_positive
-from ._frames import call_string, label_frame
+from ._frames import frame_generator, label_frame
 from .potentials import LennardJonesExact, lennard_jones_energy_forces
 
 __all__ = ["lj_cluster", "relaxed_lj_cluster"]
@@ -67,6 +67,7 @@ def relaxed_lj_cluster(
     return atoms
 
 
+@frame_generator("lj-cluster")
 def lj_cluster(
     n_atoms: int = 8,
     n_frames: int = 500,
@@ -88,7 +89,7 @@ def lj_cluster(
 
     Returns:
         Frames with ``energy`` (epsilon) and ``forces`` ``[n_atoms, 3]`` (epsilon/sigma), and
-        ``info`` keys ``generator``, ``seed``, ``epsilon``, ``sigma``, ``rattle_std``,
+        ``info`` keys ``generator``, the arguments, ``epsilon``, ``sigma``,
         ``minimum_energy``, ``units`` and ``call``.
     """
     del progress
@@ -98,24 +99,11 @@ def lj_cluster(
     minimum = relaxed_lj_cluster(n_atoms, seed=seed)
     e_min = minimum.get_potential_energy()
     rng = np.random.default_rng([seed, 1])
-    call = call_string(
-        "lj_cluster",
-        {"n_atoms": n_atoms, "n_frames": n_frames, "rattle_std": rattle_std, "seed": seed},
-    )
     frames = []
     for _ in range(n_frames):
         pos = minimum.positions + rng.normal(0.0, rattle_std, size=minimum.positions.shape)
         energy, forces = lennard_jones_energy_forces(pos)
         atoms = Atoms(minimum.get_chemical_symbols(), positions=pos, pbc=False)
-        info = {
-            "generator": "lj-cluster",
-            "seed": seed,
-            "epsilon": 1.0,
-            "sigma": 1.0,
-            "rattle_std": rattle_std,
-            "minimum_energy": e_min,
-            "units": "reduced",
-            "call": call,
-        }
+        info = {"epsilon": 1.0, "sigma": 1.0, "minimum_energy": e_min, "units": "reduced"}
         frames.append(label_frame(atoms, energy, forces, info=info))
     return frames

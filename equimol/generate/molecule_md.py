@@ -12,8 +12,7 @@ from ase import Atoms
 from ase.build import molecule as build_molecule
 from ase.collections import g2
 
-from ._checks import check_non_negative, check_positive
-from ._frames import call_string
+from ._frames import frame_generator
 from ._md import langevin_frames
 
 __all__ = ["molecule_md", "xtb_calculator", "MOLECULE_ALIASES"]
@@ -47,6 +46,7 @@ def xtb_calculator(method: str = "GFN2-xTB"):
     return TBLite(method=method, verbosity=0)
 
 
+@frame_generator("molecule-md")
 def molecule_md(
     molecule: str = "ethanol",
     temperature_K: float = 500.0,
@@ -79,8 +79,8 @@ def molecule_md(
 
     Returns:
         Non-periodic frames with ``energy`` (eV) and ``forces`` ``[N, 3]`` (eV/Å) labels and
-        ``info`` keys ``generator``, ``seed``, ``molecule``, ``method``, ``temperature_K``,
-        ``timestep_fs``, ``friction_per_fs``, ``stride``, ``md_step`` and ``call``.
+        ``info`` keys ``generator``, the arguments (``molecule`` as its g2 name),
+        ``md_step`` and ``call``.
 
     Raises:
         ImportError: if tblite is missing.
@@ -92,37 +92,9 @@ def molecule_md(
             f"unknown molecule {molecule!r}: use a name from ase.collections.g2 "
             f"(e.g. CH3CH2OH) or one of {', '.join(sorted(MOLECULE_ALIASES))}"
         )
-    check_positive("temperature_K", temperature_K)
-    check_positive("n_frames", n_frames)
-    check_positive("stride", stride)
-    check_non_negative("n_equilibration_steps", n_equilibration_steps)
-    check_positive("timestep_fs", timestep_fs)
-    check_non_negative("friction_per_fs", friction_per_fs)
-    calc = xtb_calculator(method)
-    atoms: Atoms = build_molecule(name)
-    atoms.calc = calc
-    call = call_string(
-        "molecule_md",
-        {
-            "molecule": molecule, "temperature_K": temperature_K, "n_frames": n_frames,
-            "stride": stride, "n_equilibration_steps": n_equilibration_steps,
-            "timestep_fs": timestep_fs, "friction_per_fs": friction_per_fs,
-            "method": method, "seed": seed,
-        },
-    )  # fmt: skip
-    info = {
-        "generator": "molecule-md",
-        "seed": seed,
-        "molecule": name,
-        "method": method,
-        "temperature_K": temperature_K,
-        "timestep_fs": timestep_fs,
-        "friction_per_fs": friction_per_fs,
-        "stride": stride,
-        "call": call,
-    }
     return langevin_frames(
-        atoms,
+        build_molecule(name),
+        lambda: xtb_calculator(method),
         temperature_K=temperature_K,
         timestep_fs=timestep_fs,
         friction_per_fs=friction_per_fs,
@@ -130,8 +102,7 @@ def molecule_md(
         stride=stride,
         n_equilibration_steps=n_equilibration_steps,
         seed=seed,
-        info=info,
-        with_stress=False,
+        info={"molecule": name},
         progress=progress,
         desc=f"molecule-md {name}",
     )

@@ -25,7 +25,7 @@ from ase import Atoms
 from tqdm.auto import tqdm
 
 from ._checks import check_non_negative, check_positive
-from ._frames import call_string, label_frame
+from ._frames import frame_generator, label_frame
 from .potentials import lj_gravity_energy_forces
 
 __all__ = [
@@ -228,6 +228,7 @@ def _initial_positions(
     return (grid[sites] + 0.5) * spacing
 
 
+@frame_generator("lj-gravity-mc")
 def lj_gravity_mc(
     n_particles: int = 32,
     dim: int = 2,
@@ -271,9 +272,9 @@ def lj_gravity_mc(
     Returns:
         ``n_frames`` frames: positions ``[N, 3]`` in ``[0, L]`` (cell ``L`` on each active
         axis, ``pbc`` False), ``energy`` = ``U`` (epsilon) and ``forces`` = ``-dU/dpos``
-        (epsilon/sigma, walls excluded), with ``info`` keys ``generator``, ``seed``, ``gamma``,
-        ``temperature``, ``dim``, ``box_length``, ``lj``, ``step``, ``tau_int_sweeps``,
-        ``decorrelation_sweeps``, ``acceptance_rate``, ``sweep``, ``units`` and ``call``.
+        (epsilon/sigma, walls excluded), with ``info`` keys ``generator``, the arguments
+        (``decorrelation_sweeps`` as the spacing used), ``tau_int_sweeps``,
+        ``acceptance_rate``, ``sweep``, ``units`` and ``call``.
     """
     if dim not in (2, 3):
         raise ValueError(f"dim must be 2 or 3, got {dim}")
@@ -288,13 +289,6 @@ def lj_gravity_mc(
             "n_preliminary_sweeps must be at least 16 to estimate the decorrelation time "
             f"(got {n_preliminary_sweeps}); or give decorrelation_sweeps"
         )
-    arguments = {
-        "n_particles": n_particles, "dim": dim, "box_length": box_length, "gamma": gamma,
-        "temperature": temperature, "lj": lj, "n_frames": n_frames, "step": step,
-        "n_equilibration_sweeps": n_equilibration_sweeps,
-        "n_preliminary_sweeps": n_preliminary_sweeps,
-        "decorrelation_sweeps": decorrelation_sweeps, "seed": seed,
-    }  # fmt: skip
     rng = np.random.default_rng(seed)
     start = _initial_positions(n_particles, dim, box_length, lj, rng)
     sampler = LJGravityMetropolis(start, box_length, gamma, temperature, lj, step, rng)
@@ -324,7 +318,6 @@ def lj_gravity_mc(
         )
     spacing = decorrelation_sweeps if decorrelation_sweeps is not None else math.ceil(tau)
 
-    call = call_string("lj_gravity_mc", arguments)
     cell = np.zeros((3, 3))
     cell[np.arange(dim), np.arange(dim)] = box_length
     frames = []
@@ -336,20 +329,11 @@ def lj_gravity_mc(
         sampler.energy = energy  # resynchronise the running sum (removes round-off drift)
         atoms = Atoms(["Ar"] * n_particles, positions=sampler._positions_3d(), cell=cell, pbc=False)
         info = {
-            "generator": "lj-gravity-mc",
-            "seed": seed,
-            "gamma": gamma,
-            "temperature": temperature,
-            "dim": dim,
-            "box_length": box_length,
-            "lj": lj,
-            "step": step,
             "tau_int_sweeps": tau,
             "decorrelation_sweeps": spacing,
             "acceptance_rate": sampler.n_accepted / sampler.n_trials,
             "sweep": sweeps_done,
             "units": "reduced",
-            "call": call,
         }
         frames.append(label_frame(atoms, energy, forces, info=info))
     return frames

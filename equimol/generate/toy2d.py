@@ -11,7 +11,7 @@ import numpy as np
 from ase import Atoms
 
 from ._checks import check_non_negative, check_positive
-from ._frames import call_string, label_frame
+from ._frames import frame_generator, label_frame
 from .potentials import coulomb_energy_forces
 
 __all__ = ["toy2d", "TOY2D_EQUILIBRIUM"]
@@ -27,6 +27,7 @@ TOY2D_EQUILIBRIUM = np.array(
 )
 
 
+@frame_generator("toy2d")
 def toy2d(
     n_samples: int = 500,
     noise_std: float = 0.1,
@@ -48,26 +49,18 @@ def toy2d(
 
     Returns:
         ``n_samples`` frames, each with ``energy`` (reduced energy) and ``forces`` ``[4, 3]``
-        (reduced energy/length) labels and ``info`` keys ``generator``, ``seed``,
-        ``noise_std``, ``units`` and ``call``.
+        (reduced energy/length) labels and ``info`` keys ``generator``, the arguments,
+        ``units`` and ``call``.
     """
     del progress
     check_positive("n_samples", n_samples)
     check_non_negative("noise_std", noise_std)
     rng = np.random.default_rng(seed)
-    call = call_string("toy2d", {"n_samples": n_samples, "noise_std": noise_std, "seed": seed})
     frames = []
     for _ in range(n_samples):
         pos = TOY2D_EQUILIBRIUM.copy()
         pos[:, :2] += rng.normal(0.0, noise_std, size=(len(pos), 2))
         energy, forces = coulomb_energy_forces(pos)
         atoms = Atoms("H4", positions=pos, pbc=False)
-        info = {
-            "generator": "toy2d",
-            "seed": seed,
-            "noise_std": noise_std,
-            "units": "reduced",
-            "call": call,
-        }
-        frames.append(label_frame(atoms, energy, forces, info=info))
+        frames.append(label_frame(atoms, energy, forces, info={"units": "reduced"}))
     return frames

@@ -347,6 +347,10 @@ def validate_config(config: InvarianceStudyConfig) -> None:
     sources = [name for name in ("generator", "file", "sample") if getattr(data, name)]
     if len(sources) != 1:
         raise ValueError(f"data: give exactly one of generator, file or sample (got {sources or 'none'})")
+    if data.generator:
+        from equimol.generate import generator_call  # lazy: generators import their calculators
+
+        generator_call(data.generator, data.generator_args, where="data.generator")
     if not 0 < data.test_fraction < 1:
         raise ValueError(f"data.test_fraction must be in (0, 1), got {data.test_fraction}")
     if data.cutoff <= 0:

@@ -44,16 +44,10 @@ __all__ = [
 def load_frames(settings: DataSettings) -> list[ase.Atoms]:
     """The labelled structures named by ``settings`` (generator, file or shipped sample)."""
     if settings.generator:
-        from equimol.generate import GENERATORS
+        from equimol.generate import generator_call
 
-        if settings.generator not in GENERATORS:
-            raise ValueError(f"data.generator: unknown generator {settings.generator!r}; known: {sorted(GENERATORS)}")
-        try:
-            return list(GENERATORS[settings.generator](**settings.generator_args))
-        except TypeError as error:
-            raise ValueError(
-                f"data.generator_args {settings.generator_args} for {settings.generator!r}: {error}"
-            ) from error
+        function, _ = generator_call(settings.generator, settings.generator_args, where="data.generator")
+        return list(function(**settings.generator_args))
     path = sample_path(settings.sample) if settings.sample else settings.file
     frames = ase.io.read(path, index=settings.index)
     return [frames] if isinstance(frames, ase.Atoms) else list(frames)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from equimol.data import AtomsDataset
 
 __all__ = ["AtomsDataModule", "generate_cached", "TransformedSubset"]
+
+logger = logging.getLogger(__name__)
 
 # The split of the main source when ``split`` is left unset and no file replaces a set.
 _DEFAULT_SPLIT = [0.8, 0.1, 0.1]
@@ -58,12 +61,6 @@ class TransformedSubset(Dataset):
         return data if self.transform is None else self.transform(data.clone())
 
 
-def _generators() -> dict[str, Callable[..., list[ase.Atoms]]]:
-    from equimol.generate import GENERATORS  # lazy: generators import heavy calculators
-
-    return GENERATORS
-
-
 def _global_seed() -> int:
     """The seed ``seed_everything`` set (``PL_GLOBAL_SEED``), or 0."""
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
@@ -80,37 +77,27 @@ def generate_cached(
             so the same generator call finds the same file.
         default_seed: the generator's ``seed`` when ``generator`` gives none (default: the
             seed of ``seed_everything``, else 0).
-        progress: print what is being generated.
+        progress: log what is being generated, and show the generator's progress bar.
 
     The frames are written as an ASE trajectory (positions and labels in float64).
     """
+    from equimol.generate import call_string, generator_call  # lazy: generators import heavy calculators
+
     spec = dict(generator)
     name = spec.pop("name", None)
-    registry = _generators()
-    if name not in registry:
-        raise ValueError(
-            f"data.generator.name: unknown generator {name!r}; available: {sorted(registry)}"
-        )
-    function = registry[name]
-    parameters = inspect.signature(function).parameters
-    has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    unknown = [key for key in spec if key not in parameters and not has_var_kw]
-    if unknown:
-        raise ValueError(
-            f"data.generator: {name!r} takes no argument(s) {unknown}; it takes "
-            f"{[p for p in parameters if parameters[p].kind is not inspect.Parameter.VAR_POSITIONAL]}"
-        )
-    if "seed" in parameters and "seed" not in spec:
-        spec["seed"] = _global_seed() if default_seed is None else int(default_seed)
-    # ``progress`` changes no frame: leave it out of the cache key
-    identity = {"name": name, **{k: v for k, v in spec.items() if k != "progress"}}
+    function, arguments = generator_call(name, spec, where="data.generator")
+    if "seed" in arguments and "seed" not in spec:
+        spec["seed"] = arguments["seed"] = _global_seed() if default_seed is None else int(default_seed)
+    # the call's arguments with the defaults applied (``progress``, which changes no frame,
+    # left out) name the frames
+    identity = {"name": name, **arguments}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{name}-{digest}.traj"
     if path.exists():
         return path
     if progress:
-        print(f"equimol: generating data with {name}({', '.join(f'{k}={v!r}' for k, v in spec.items())})")
-    if "progress" in parameters and "progress" not in spec:
+        logger.info("generating data: %s", call_string(function.__name__, arguments))
+    if "progress" in inspect.signature(function).parameters and "progress" not in spec:
         spec["progress"] = progress
     frames = function(**spec)
     if not frames:
