@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from equimol.generate import (
     LJGravityMetropolis,
     coulomb_energy_forces,
     emt_md,
+    generator_call,
     integrated_autocorrelation_time,
     lennard_jones_energy_forces,
     lj_cluster,
@@ -101,6 +103,25 @@ def test_labels_survive_an_extxyz_round_trip(name: str, tmp_path) -> None:
         assert b.info["generator"] == name and b.info["call"] == a.info["call"]
         if a.pbc.any():
             np.testing.assert_allclose(b.get_stress(), a.get_stress(), atol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_frames_record_every_argument_and_the_call_that_reproduces_them(name: str) -> None:
+    function = GENERATORS[name]
+    frames = function(seed=2, **CHEAP[name])
+    arguments = [key for key in inspect.signature(function).parameters if key != "progress"]
+    assert all(key in frames[-1].info for key in arguments)
+    again = eval(frames[-1].info["call"], {function.__name__: function})  # noqa: S307
+    np.testing.assert_allclose(again[-1].positions, frames[-1].positions, rtol=0, atol=1e-12)
+
+
+def test_generator_call_applies_defaults_and_names_unknown_arguments() -> None:
+    function, arguments = generator_call("toy2d", {"seed": 5})
+    assert function is toy2d and arguments == {"n_samples": 500, "noise_std": 0.1, "seed": 5}
+    with pytest.raises(ValueError, match=r"data\.generator: 'toy2d' takes no argument\(s\) \['n_sample'\]"):
+        generator_call("toy2d", {"n_sample": 5}, where="data.generator")
+    with pytest.raises(ValueError, match="lj-cluster"):
+        generator_call("lj-clustr", {})
 
 
 @pytest.mark.parametrize(

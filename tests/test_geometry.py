@@ -100,6 +100,15 @@ def test_pairwise_distances_have_finite_gradients_at_the_diagonal():
     assert torch.isfinite(pos.grad).all()
 
 
+def test_condensed_distances_follow_pdist_order_and_sort():
+    from scipy.spatial.distance import pdist
+
+    x = torch.rand(2, 6, 3, dtype=torch.float64)
+    expected = np.stack([pdist(c) for c in x.numpy()])
+    np.testing.assert_allclose(pairwise_distances(x, condensed=True).numpy(), expected, atol=1e-12)
+    np.testing.assert_allclose(pairwise_distances(x, sort=True).numpy(), np.sort(expected, -1), atol=1e-12)
+
+
 def test_mds_rejects_a_non_square_matrix():
     with pytest.raises(ValueError, match="classical_mds"):
         classical_mds(np.zeros((3, 4)), 2)
