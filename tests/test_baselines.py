@@ -11,6 +11,7 @@ from scipy.spatial.transform import Rotation
 from torch_geometric.data import Batch
 
 from equimol.data.graph import atoms_to_graph
+from equimol.data.statistics import DatasetStatistics
 from equimol.models.feature_mlp import FeatureMLP
 from equimol.models.linear import LinearModel
 from equimol.models.pair import PairNN
@@ -65,12 +66,13 @@ MODELS = {
     "pair_inverse_basis": lambda: PairNN(3.5, hidden=[16, 16], basis="inverse", basis_min=0.7),
     "linear": linear_with_random_weights,
 }
-STATISTICS = {
-    "energy_per_atom_mean": -0.7,
-    "energy_per_atom_std": 0.3,
-    "reference_energies": {1: -13.6, 6: -1029.0, 7: -1485.0, 8: -2041.0},
-    "force_rms": 1.0,
-}
+STATISTICS = DatasetStatistics(
+    species=[1, 6, 7, 8],
+    energy_per_atom_mean=-0.7,
+    energy_per_atom_std=0.3,
+    reference_energies={1: -13.6, 6: -1029.0, 7: -1485.0, 8: -2041.0},
+    force_rms=1.0,
+)
 
 
 def build(name: str):
@@ -159,8 +161,8 @@ def test_statistics_shift_and_scale_the_energy(rng):
     data = graph(random_positions(rng, 5), SPECIES)
     raw = energy_of(model, data)
     model.set_statistics(STATISTICS)
-    offset = sum(STATISTICS["reference_energies"][z] for z in SPECIES) + 5 * STATISTICS["energy_per_atom_mean"]
-    expected = offset + 5 * STATISTICS["energy_per_atom_std"] * raw
+    offset = sum(STATISTICS.reference_energies[z] for z in SPECIES) + 5 * STATISTICS.energy_per_atom_mean
+    expected = offset + 5 * STATISTICS.energy_per_atom_std * raw
     torch.testing.assert_close(energy_of(model, data), expected, rtol=1e-12, atol=1e-9)
 
 
@@ -170,7 +172,8 @@ def test_feature_mlp_on_distances_learns_the_coulomb_toy(rng):
     energies = train_batch.energy
     model = FeatureMLP(4, "distances", hidden=[32, 32]).double()
     model.set_statistics(
-        {"energy_per_atom_mean": energies.mean() / 4, "energy_per_atom_std": energies.std() / 4}
+        DatasetStatistics(species=[1], energy_per_atom_mean=float(energies.mean() / 4),
+                          energy_per_atom_std=float(energies.std() / 4))
     )
     model.fit_feature_scaling(train)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -233,8 +236,8 @@ def test_pair_nn_is_smooth_at_the_cutoff():
 def test_pair_nn_counts_each_pair_once():
     model = build("pair_species")
     out = model(dimer(1.3, cutoff=GRAPH_CUTOFF))
-    references = STATISTICS["reference_energies"]
-    offsets = references[6] + references[8] + 2 * STATISTICS["energy_per_atom_mean"]
+    references = STATISTICS.reference_energies
+    offsets = references[6] + references[8] + 2 * STATISTICS.energy_per_atom_mean
     pair = model.pair_energy(torch.tensor(1.3, dtype=torch.float64), 6, 8)
     torch.testing.assert_close(out["energy"], (offsets + pair).reshape(1))
     torch.testing.assert_close(out["per_atom_energy"].sum(), out["energy"][0])
@@ -247,7 +250,7 @@ def test_pair_nn_sums_over_periodic_images():
     atoms = ase.Atoms("C", cell=np.eye(3) * 2.0, pbc=True)
     data = atoms_to_graph(atoms, 2.5, dtype=torch.float64)
     out = model(data)
-    offset = STATISTICS["reference_energies"][6] + STATISTICS["energy_per_atom_mean"]
+    offset = STATISTICS.reference_energies[6] + STATISTICS.energy_per_atom_mean
     expected = offset + 3 * model.pair_energy(torch.tensor(2.0, dtype=torch.float64))
     torch.testing.assert_close(out["energy"], expected.reshape(1))
     assert out["forces"].abs().max().item() < 1e-12
@@ -313,3 +316,23 @@ def test_pair_nn_stress_matches_finite_strain_derivative(rng):
             numeric[a, b] = (energies[0] - energies[1]).item() / (2 * h) / volume
     assert stress.abs().max() > 1e-4
     torch.testing.assert_close(stress, numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_state_dicts_of_the_older_energy_scale_still_load(rng):
+    """Checkpoints written when the baselines kept ``energy_scale.{reference_energies, shift,
+    scale}`` load into today's ``scale_shift`` with the same energies."""
+    data = graph(random_positions(rng, 5), SPECIES)
+    for model in (FeatureMLP(5, "distances", hidden=[8]).double(), PairNN(3.0, hidden=[8]).double()):
+        model.set_statistics(STATISTICS)
+        expected = energy_of(model, data).detach()
+        old = {k: v for k, v in model.state_dict().items() if not k.startswith("scale_shift.")}
+        references = torch.zeros(119, dtype=torch.float64)
+        for z, value in STATISTICS.reference_energies.items():
+            references[z] = value
+        old["energy_scale.reference_energies"] = references
+        old["energy_scale.shift"] = torch.tensor(STATISTICS.energy_per_atom_mean, dtype=torch.float64)
+        old["energy_scale.scale"] = model.scale_shift.scales[0].clone()
+        fresh = type(model)(5, "distances", hidden=[8]) if isinstance(model, FeatureMLP) else PairNN(3.0, hidden=[8])
+        fresh = fresh.double()
+        fresh.load_state_dict(old)
+        torch.testing.assert_close(energy_of(fresh, data), expected, rtol=1e-12, atol=1e-12)

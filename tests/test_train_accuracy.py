@@ -26,11 +26,12 @@ from equimol import _keys as K
 from equimol.calculator import EquimolCalculator
 from equimol.data.graph import edge_vectors
 from equimol.models.base import Potential, num_structures, structure_index
+from equimol.models.species import ALL_ELEMENTS
 from equimol.models.pair import PairNN
-from equimol.train import EMA, AtomsDataModule, PotentialModule
+from equimol.train import EMA, PotentialModule
 
 CUTOFF = 3.0  # every pair of the rattled 8-atom cluster is within 3 sigma
-GENERATOR = {"name": "lj-cluster", "n_atoms": 8, "n_frames": 200, "rattle_std": 0.05, "seed": 0}
+GENERATOR = {"n_atoms": 8, "rattle_std": 0.05}  # lj-cluster options besides n_frames and seed
 
 
 class InversePowerPair(Potential):
@@ -41,8 +42,7 @@ class InversePowerPair(Potential):
     """
 
     def __init__(self, cutoff: float, powers: list[int] = [6, 12]) -> None:  # noqa: B006
-        super().__init__()
-        self.cutoff = cutoff
+        super().__init__(ALL_ELEMENTS, cutoff)  # one pair function for every element
         self.register_buffer("powers", torch.tensor(powers, dtype=torch.float32))
         self.coefficients = torch.nn.Parameter(torch.zeros(len(powers)))
 
@@ -55,44 +55,45 @@ class InversePowerPair(Potential):
         return {K.ENERGY: energy.index_add(0, structure_index(data), per_atom)}
 
 
-def _train(make_model: Callable[[], Potential], root, lr: float, epochs: int, cosine: bool):
-    """Fit ``make_model()`` (built after seeding, so its initial weights are reproducible) on
-    120 rattled LJ8 frames (40 validation, 40 test); returns
-    ``(module, datamodule, test metrics, force RMS of the test set)``."""
-    pl.seed_everything(0)
-    datamodule = AtomsDataModule(
-        cutoff=CUTOFF, generator=GENERATOR, split=[120, 40, 40], batch_size=20, cache_dir=str(root / "data")
-    )
-    scheduler = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=epochs) if cosine else None
-    module = PotentialModule(
-        make_model(),
-        energy_weight=1.0,
-        forces_weight=1.0,
-        optimizer=functools.partial(torch.optim.Adam, lr=lr),
-        lr_scheduler=scheduler,
-    )
-    trainer = pl.Trainer(
-        max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, inference_mode=False, callbacks=[EMA(decay=0.9)], default_root_dir=root,
-    )
-    trainer.fit(module, datamodule)
-    metrics = trainer.test(module, datamodule, verbose=False)[0]
-    forces = torch.cat([datamodule.test_set[i].forces for i in range(len(datamodule.test_set))])
-    return module, datamodule, metrics, float(forces.pow(2).mean().sqrt())
+@pytest.fixture(scope="module")
+def train(lj_datamodule, quiet_trainer):
+    """``train(make_model, root, lr, epochs, cosine)``: fit ``make_model()`` (built after seeding,
+    so its initial weights are reproducible) on 120 rattled LJ8 frames (40 validation, 40 test);
+    returns ``(module, datamodule, test metrics, force RMS of the test set)``."""
+
+    def train(make_model: Callable[[], Potential], root, lr: float, epochs: int, cosine: bool):
+        pl.seed_everything(0)
+        datamodule = lj_datamodule(root / "data", n_frames=200, cutoff=CUTOFF, generator_options=GENERATOR,
+                                   split=[120, 40, 40], batch_size=20)
+        scheduler = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=epochs) if cosine else None
+        module = PotentialModule(
+            make_model(),
+            energy_weight=1.0,
+            forces_weight=1.0,
+            optimizer=functools.partial(torch.optim.Adam, lr=lr),
+            lr_scheduler=scheduler,
+        )
+        trainer = quiet_trainer(root, max_epochs=epochs, enable_checkpointing=False, callbacks=[EMA(decay=0.9)])
+        trainer.fit(module, datamodule)
+        metrics = trainer.test(module, datamodule, verbose=False)[0]
+        forces = torch.cat([datamodule.test_set[i].forces for i in range(len(datamodule.test_set))])
+        return module, datamodule, metrics, float(forces.pow(2).mean().sqrt())
+
+    return train
 
 
 @pytest.fixture(scope="module")
-def trained_pair_nn(tmp_path_factory):
+def trained_pair_nn(tmp_path_factory, train):
     """The shipped pair network, inverse-distance basis, Adam 0.05 with cosine decay, 40 epochs."""
     def make_model() -> PairNN:
         return PairNN(CUTOFF, hidden=[32, 32], basis="inverse", basis_min=0.8)
 
-    return _train(make_model, tmp_path_factory.mktemp("pair_nn"), lr=0.05, epochs=40, cosine=True)
+    return train(make_model, tmp_path_factory.mktemp("pair_nn"), lr=0.05, epochs=40, cosine=True)
 
 
 @pytest.fixture(scope="module")
-def trained_inverse_power(tmp_path_factory):
-    return _train(lambda: InversePowerPair(CUTOFF), tmp_path_factory.mktemp("inverse_power"), lr=0.2, epochs=40, cosine=False)
+def trained_inverse_power(tmp_path_factory, train):
+    return train(lambda: InversePowerPair(CUTOFF), tmp_path_factory.mktemp("inverse_power"), lr=0.2, epochs=40, cosine=False)
 
 
 def test_pair_nn_force_error_is_below_two_percent_of_force_rms(trained_pair_nn):

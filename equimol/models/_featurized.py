@@ -22,6 +22,7 @@ from equimol.data.featurizers import (
     to_dense_positions,
 )
 from equimol.models.base import Potential, num_structures
+from equimol.models.species import ALL_ELEMENTS
 
 __all__ = ["FeaturizedPotential", "iter_batches"]
 
@@ -55,10 +56,13 @@ class FeaturizedPotential(Potential):
         n_atoms: N, the number of atoms of every structure the model sees.
         featurizer: a name of ``equimol.data.featurizers.featurizer_names()``.
         featurizer_kwargs: arguments of the featurizer (for example ``{"dims": 2}``).
+
+    The model reads positions, not the radius graph (``cutoff`` is 0), and knows the elements
+    its featurizer names (``featurizer_kwargs["species"]``), or every element.
     """
 
     def __init__(self, n_atoms: int, featurizer: str, featurizer_kwargs: dict | None = None) -> None:
-        super().__init__()
+        super().__init__((featurizer_kwargs or {}).get("species") or ALL_ELEMENTS, cutoff=0.0)
         if int(n_atoms) < 1:
             raise ValueError(f"n_atoms must be a positive integer, got {n_atoms!r}")
         self.n_atoms = int(n_atoms)
@@ -75,6 +79,7 @@ class FeaturizedPotential(Potential):
                 f"{type(self).__name__} was built for structures of n_atoms={self.n_atoms} atoms, "
                 f"got structures of {dense_pos.shape[1]} atoms"
             )
+        self.species_index(data[K.ATOMIC_NUMBERS])  # unknown elements are an error
         z = to_dense_atomic_numbers(data[K.ATOMIC_NUMBERS], batch, size)
         return self.featurizer(dense_pos, z)
 

@@ -1,20 +1,38 @@
-"""The interface every equimol potential shares, and forces and stress from autograd.
+"""The contract every equimol potential satisfies, and forces and stress from autograd.
 
-A potential subclasses :class:`Potential` and implements :meth:`Potential.energy`, the total
-energy of each structure as a differentiable function of positions and cell. The base class
-turns it into the ``forward(batch)`` of DESIGN: ``energy [B]``, ``forces [N, 3] = -dE/dpos``,
-and ``stress [B, 3, 3] = (1/V) dE/dstrain`` for periodic structures, all by autograd.
+A potential subclasses :class:`Potential`, declares the elements it knows and its cutoff by
+calling ``super().__init__(atomic_numbers, cutoff)``, and implements :meth:`Potential.energy`,
+the total energy of each structure as a differentiable function of positions and cell. The
+base class turns it into ``forward(batch)``: ``energy [B]``, ``forces [N, 3] = -dE/dpos``, and
+``stress [B, 3, 3] = (1/V) dE/dstrain`` for periodic structures, all by autograd.
+
+The trainer, the engines and :mod:`equimol.testing` read only this contract:
+
+============================  ===============================================================
+``cutoff: float``             radius (Å) of the graphs the model reads; 0 for a model that
+                              reads no edges (features of absolute positions)
+``atomic_numbers``            ``tuple[int, ...]``: the elements it knows, species ``k`` is
+                              ``atomic_numbers[k]``
+``species_index(z)``          species indices ``[N]`` of atomic numbers ``[N]``; ValueError
+                              for an element the model does not know
+``set_statistics(stats)``     data-dependent initialisation from one
+                              :class:`~equimol.data.DatasetStatistics`
+``forward(data, ...)``        ``energy [B]``, ``forces [N, 3]``, ``stress [B, 3, 3]``
+============================  ===============================================================
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch_geometric.data import Data
 
 from equimol import _keys as K
+from equimol.data.statistics import DatasetStatistics
+from equimol.models.species import SpeciesIndex, species_to_atomic_numbers
 
 __all__ = ["Potential", "structure_index", "num_structures", "fully_periodic", "stress_from_virial"]
 
@@ -44,21 +62,64 @@ def fully_periodic(data: Data) -> torch.Tensor:
 
 
 class Potential(nn.Module):
-    """Base class of equimol's potentials.
+    """Base class of equimol's potentials (see the module docstring for the contract).
+
+    Args:
+        atomic_numbers: the elements the model knows, as atomic numbers or symbols
+            (``[1, 6, "O"]``); :data:`~equimol.models.species.ALL_ELEMENTS` for a model that
+            treats every element alike.
+        cutoff: radius of the graphs the model reads, Å (0: it reads no edges).
 
     Subclasses implement :meth:`energy`. ``forward`` adds forces (and stress when asked)
     by differentiating that energy, so no model has a separate force head.
     """
 
-    def set_statistics(self, statistics: Any) -> None:
+    cutoff: float
+    atomic_numbers: tuple[int, ...]
+
+    def __init__(self, atomic_numbers: Sequence[int | str], cutoff: float) -> None:
+        super().__init__()
+        cutoff = float(cutoff)
+        if not (cutoff >= 0 and math.isfinite(cutoff)):
+            raise ValueError(f"{type(self).__name__}: cutoff must be a finite number of Å >= 0, got {cutoff}")
+        self.cutoff = cutoff
+        self.atomic_numbers = species_to_atomic_numbers(atomic_numbers)
+        self._species_index = SpeciesIndex(self.atomic_numbers, owner=type(self).__name__)
+
+    def species_index(self, z: torch.Tensor) -> torch.Tensor:
+        """Species indices ``[N]`` int64 of atomic numbers ``z [N]``.
+
+        Raises:
+            ValueError: an element the model was not built for (named in the message).
+        """
+        return self._species_index(z)
+
+    def set_statistics(self, statistics: DatasetStatistics) -> None:
         """Initialise data-dependent parameters from training-set statistics.
 
         Called by the training code before the first step of a new run (not on resume) with
-        an ``equimol.data.DatasetStatistics``: per-species reference energies (eV), residual
-        energy per atom mean and std (eV/atom), force RMS (eV/Å), mean number of neighbours.
-        The default does nothing; models with shifts, scales or neighbour normalisation
-        override it, so nobody copies numbers into a config by hand.
+        the :class:`~equimol.data.DatasetStatistics` of the training split: per-species
+        reference energies (eV), residual energy per atom mean and std (eV/atom), force RMS
+        (eV/Å), mean number of neighbours. The base checks that the data hold only elements
+        the model knows; models with shifts, scales or neighbour normalisation extend it
+        (calling ``super().set_statistics``), so nobody copies numbers into a config by hand.
+
+        Raises:
+            TypeError: ``statistics`` is not a ``DatasetStatistics``.
+            ValueError: the data contain elements the model does not know.
         """
+        if not isinstance(statistics, DatasetStatistics):
+            raise TypeError(
+                f"{type(self).__name__}.set_statistics takes a DatasetStatistics, got {type(statistics).__name__}"
+                " (DatasetStatistics.from_dict turns a mapping into one)"
+            )
+        named = set(statistics.species) | {int(z) for z in statistics.reference_energies}
+        unknown = sorted(named - set(self.atomic_numbers))
+        if unknown:
+            raise ValueError(
+                f"the training data contain atomic numbers {unknown} that are not in the species of "
+                f"{type(self).__name__}: {list(self.atomic_numbers)}"
+            )
 
     def energy(self, data: Data, pos: torch.Tensor, cell: torch.Tensor) -> dict[str, torch.Tensor]:
         """Energies of the structures in ``data``.

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-import ase.data
 import torch
 from e3nn import o3
 from torch import nn
@@ -35,7 +34,9 @@ from torch_geometric.utils import scatter
 from equimol import _keys as K
 from equimol.data.graph import edge_vectors
 from equimol.models._traced import TracedEdgeGradients, virial_from_edge_gradients
+from equimol.data.statistics import DatasetStatistics
 from equimol.models.base import Potential, num_structures, stress_from_virial, structure_index
+from equimol.models.species import species_to_atomic_numbers
 from equimol.nn import (
     InteractionBlock,
     PerSpeciesScaleShift,
@@ -45,34 +46,7 @@ from equimol.nn import (
     SphericalHarmonicEdgeEmbedding,
 )
 
-__all__ = ["EquivariantPotential", "AtomicEnergyNetwork", "species_to_atomic_numbers"]
-
-_MAX_Z = 118
-
-
-def species_to_atomic_numbers(species: list[int | str]) -> list[int]:
-    """Atomic numbers of ``species`` given as numbers or chemical symbols (``"H"``, ``8``...)."""
-    numbers = []
-    for s in species:
-        if isinstance(s, str) and not s.isdigit():
-            if s not in ase.data.atomic_numbers:
-                raise ValueError(f"unknown chemical symbol {s!r} in species {species}")
-            numbers.append(int(ase.data.atomic_numbers[s]))
-        else:
-            z = int(s)
-            if not 1 <= z <= _MAX_Z:
-                raise ValueError(f"atomic number {z} in species {species} is not in 1..{_MAX_Z}")
-            numbers.append(z)
-    if len(set(numbers)) != len(numbers):
-        raise ValueError(f"species {species} lists an element twice")
-    if not numbers:
-        raise ValueError("species must list at least one element")
-    return numbers
-
-
-def _atomic_numbers_with_repeats(species: list[int | str]) -> list[int]:
-    """Like :func:`species_to_atomic_numbers`, but repeated elements are allowed."""
-    return [species_to_atomic_numbers([s])[0] for s in species]
+__all__ = ["EquivariantPotential", "AtomicEnergyNetwork"]
 
 
 def radial_widths(radial_hidden: int | Sequence[int]) -> tuple[int, ...]:
@@ -225,13 +199,11 @@ class EquivariantPotential(Potential):
         correlation: int = 1,
         compile: bool = False,
     ) -> None:
-        super().__init__()
         if cutoff <= 0 or not math.isfinite(cutoff):
             raise ValueError(f"cutoff must be a positive number of Å, got {cutoff}")
         if l_max < 0:
             raise ValueError(f"l_max must be >= 0, got {l_max}")
-        self.atomic_numbers = species_to_atomic_numbers(species)
-        self.cutoff = float(cutoff)
+        super().__init__(species, cutoff)
         shifts = self._reference_shifts(reference_energies or {})
         self.network = AtomicEnergyNetwork(
             num_species=len(self.atomic_numbers),
@@ -250,9 +222,6 @@ class EquivariantPotential(Potential):
             self_connection=self_connection,
             correlation=correlation,
         )
-        z_to_type = torch.full((_MAX_Z + 1,), -1, dtype=torch.long)
-        z_to_type[torch.tensor(self.atomic_numbers)] = torch.arange(len(self.atomic_numbers))
-        self.register_buffer("z_to_type", z_to_type, persistent=False)
         self.traced: TracedEdgeGradients | None = None
         self.set_compile(compile)
 
@@ -295,19 +264,6 @@ class EquivariantPotential(Potential):
             by_z[z] = float(value)
         return [by_z.get(z, 0.0) for z in self.atomic_numbers]
 
-    def species_index(self, z: torch.Tensor) -> torch.Tensor:
-        """Species index ``[N]`` of atomic numbers ``z [N]``; ValueError for unknown elements."""
-        inside = (z >= 0) & (z <= _MAX_Z)
-        types = self.z_to_type[z.clamp(0, _MAX_Z)]
-        bad = (~inside) | (types < 0)
-        if bool(bad.any()):
-            unknown = sorted(set(z[bad].tolist()))
-            raise ValueError(
-                f"atomic number(s) {unknown} not known to this model; it was built for species "
-                f"{self.atomic_numbers}"
-            )
-        return types
-
     def energy(self, data: Data, pos: torch.Tensor, cell: torch.Tensor) -> dict[str, torch.Tensor]:
         """``energy [B]`` eV and ``per_atom_energy [N]`` eV (see :meth:`Potential.energy`)."""
         batch = getattr(data, K.BATCH, None)
@@ -318,46 +274,23 @@ class EquivariantPotential(Potential):
         return {K.ENERGY: energy, K.PER_ATOM_ENERGY: per_atom}
 
     @torch.no_grad()
-    def set_statistics(self, statistics: Any) -> None:
+    def set_statistics(self, statistics: DatasetStatistics) -> None:
         """Scale, shifts and neighbour normalisation from training-set statistics.
 
-        Reads ``reference_energies`` (dict atomic number -> eV), ``energy_per_atom_mean``
-        (residual eV/atom after the references), ``energy_per_atom_std`` (eV/atom),
-        ``force_rms`` (eV/Å or None), ``avg_num_neighbors`` and ``species`` (atomic numbers in
-        the data, which must all be known to the model) from an object or a mapping.
-        The per-species scale becomes ``force_rms`` (or the energy std if there are no forces),
-        the shifts the reference energy plus the mean residual.
+        The per-species scale becomes ``force_rms`` (or the energy std per atom if there are
+        no forces), the shifts the reference energy plus the mean residual per atom, and
+        every convolution's neighbour normalisation ``avg_num_neighbors``.
         """
-
-        def get(name: str) -> Any:
-            if isinstance(statistics, Mapping):
-                return statistics.get(name)
-            return getattr(statistics, name, None)
-
-        references = dict(get("reference_energies") or {})
-        mean = float(get("energy_per_atom_mean") or 0.0)
-        named = list(references) + list(get("species") or [])
-        unknown = sorted({z for z in _atomic_numbers_with_repeats(named) if z not in self.atomic_numbers})
-        if unknown:
-            raise ValueError(
-                f"the training data contain atomic numbers {unknown} that are not in the model's species "
-                f"{self.atomic_numbers}"
-            )
-        shifts = [v + mean for v in self._reference_shifts(references)]
+        super().set_statistics(statistics)
+        mean = statistics.energy_per_atom_mean or 0.0
+        shifts = [v + mean for v in self._reference_shifts(statistics.reference_energies)]
         scale = None
-        for name in ("force_rms", "energy_per_atom_std"):
-            value = get(name)
+        for value in (statistics.force_rms, statistics.energy_per_atom_std):
             if value is not None and math.isfinite(float(value)) and float(value) > 0:
                 scale = float(value)
                 break
         self.network.scale_shift.set_values(scales=scale, shifts=shifts)
-        avg = get("avg_num_neighbors")
-        if avg is not None:
+        if statistics.avg_num_neighbors > 0:
             for layer in self.network.layers:
-                layer.conv.set_avg_num_neighbors(float(avg))
+                layer.conv.set_avg_num_neighbors(float(statistics.avg_num_neighbors))
 
-    def export(self, path: str) -> None:
-        """Save a TorchScript inference module to ``path``; see :func:`equimol.models.export.export_potential`."""
-        from equimol.models.export import export_potential
-
-        export_potential(self, path)

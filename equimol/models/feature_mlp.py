@@ -10,16 +10,17 @@ not permutation-invariant, on sorted distances, Coulomb eigenvalues or ACSF it i
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 from torch_geometric.data import Data
 
 from equimol import _keys as K
-from equimol.models._energy_scale import EnergyScale
+from equimol.data.statistics import DatasetStatistics
 from equimol.models._featurized import FeaturizedPotential
 from equimol.models._mlp import mlp
-from equimol.models.base import num_structures, structure_index
+from equimol.models._scale_shift import fixed_scale_shift, set_energy_scale_shift
+from equimol.models.base import structure_index
 
 __all__ = ["FeatureMLP"]
 
@@ -55,11 +56,12 @@ class FeatureMLP(FeaturizedPotential):
         self.net = mlp(self.num_features, hidden, 1, activation)
         self.register_buffer("feature_mean", torch.zeros(self.num_features))
         self.register_buffer("feature_std", torch.ones(self.num_features))
-        self.energy_scale = EnergyScale()
+        self.scale_shift = fixed_scale_shift(self, self.atomic_numbers)
 
-    def set_statistics(self, statistics: Any) -> None:
+    def set_statistics(self, statistics: DatasetStatistics) -> None:
         """Reference energies, per-atom mean and spread (scale = N * ``energy_per_atom_std``)."""
-        self.energy_scale.set_from_statistics(statistics, scale_multiplier=self.n_atoms)
+        super().set_statistics(statistics)
+        set_energy_scale_shift(self.scale_shift, statistics, self.atomic_numbers, scale_multiplier=self.n_atoms)
 
     def fit_feature_scaling(self, data: Data | Iterable[Data], min_std: float = 1e-6) -> None:
         """Standardise the inputs with the mean and spread of the features of ``data``.
@@ -78,5 +80,8 @@ class FeatureMLP(FeaturizedPotential):
         x = self.features(data, pos)
         x = (x - self.feature_mean.to(x.dtype)) / self.feature_std.to(x.dtype)
         y = self.net(x).squeeze(-1)
-        energy = self.energy_scale(y, data[K.ATOMIC_NUMBERS], structure_index(data), num_structures(data))
+        # the structure's output, shared equally among its n_atoms atoms, scaled and shifted per atom
+        batch = structure_index(data)
+        per_atom = self.scale_shift(y.index_select(0, batch) / self.n_atoms, self.species_index(data[K.ATOMIC_NUMBERS]))
+        energy = torch.zeros_like(y).index_add(0, batch, per_atom)
         return {K.ENERGY: energy}

@@ -12,16 +12,18 @@ pairs the graph does not hold are not seen.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch_geometric.data import Data
 
 from equimol import _keys as K
 from equimol.data.graph import edge_vectors
-from equimol.models._energy_scale import EnergyScale
+from equimol.data.statistics import DatasetStatistics
+from equimol.models._scale_shift import fixed_scale_shift, set_energy_scale_shift
 from equimol.models._mlp import mlp
 from equimol.models.base import Potential, num_structures, structure_index
+from equimol.models.species import ALL_ELEMENTS
 from equimol.nn import CosineCutoff, GaussianBasis
 
 __all__ = ["PairNN"]
@@ -70,10 +72,11 @@ class PairNN(Potential):
         basis: Literal["distance", "inverse"] = "distance",
         basis_min: float | None = None,
     ) -> None:
-        super().__init__()
         if not (cutoff > 0 and math.isfinite(cutoff)):
             raise ValueError(f"PairNN: cutoff must be a positive number of Å, got {cutoff!r}")
-        self.cutoff = float(cutoff)
+        if species is not None and not all(1 <= int(s) <= 118 for s in species):
+            raise ValueError(f"PairNN: species must be atomic numbers 1..118, got {species}")
+        super().__init__(sorted({int(s) for s in species}) if species else ALL_ELEMENTS, cutoff)
         self.envelope = CosineCutoff(self.cutoff)
         lookup = torch.full((119, 119), -1, dtype=torch.long)
         if species is None:
@@ -110,12 +113,13 @@ class PairNN(Potential):
         self.basis_min = basis_min
         self.basis = GaussianBasis(stop, self.num_basis, start=start) if self.num_basis else None
         self.net = mlp(max(self.num_basis, 1), hidden, n_channels, activation)
-        self.energy_scale = EnergyScale()
+        self.scale_shift = fixed_scale_shift(self, self.atomic_numbers)
 
-    def set_statistics(self, statistics: Any) -> None:
+    def set_statistics(self, statistics: DatasetStatistics) -> None:
         """Reference energies and per-atom mean as the per-atom shift; pair energies in
         units of the per-atom energy spread."""
-        self.energy_scale.set_from_statistics(statistics, scale_multiplier=1.0)
+        super().set_statistics(statistics)
+        set_energy_scale_shift(self.scale_shift, statistics, self.atomic_numbers, scale_multiplier=1.0)
 
     def _channels(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         if bool(((z_a < 0) | (z_a > 118) | (z_b < 0) | (z_b > 118)).any()):
@@ -148,11 +152,12 @@ class PairNN(Potential):
         z_a = torch.full_like(flat, z1 or 1, dtype=torch.long)
         z_b = torch.full_like(flat, z2 or 1, dtype=torch.long)
         raw = self._raw_pair(flat, self._channels(z_a, z_b))
-        return (self.energy_scale.scale.to(raw.dtype) * raw).reshape(r.shape)
+        return (self.scale_shift.scales[0].to(raw.dtype) * raw).reshape(r.shape)
 
     def energy(self, data: Data, pos: torch.Tensor, cell: torch.Tensor) -> dict[str, torch.Tensor]:
         """``energy [B]`` and ``per_atom_energy [N]`` eV (each pair split between its atoms)."""
         z = data[K.ATOMIC_NUMBERS]
+        types = self.species_index(z)
         edge_index = data[K.EDGE_INDEX]
         vectors = edge_vectors(pos, edge_index, data[K.EDGE_SHIFT], cell, getattr(data, K.BATCH, None))
         r = torch.linalg.vector_norm(vectors, dim=-1)
@@ -160,8 +165,7 @@ class PairNN(Potential):
         # every unordered pair appears twice in the directed graph: half to each centre
         edge_energy = 0.5 * self._raw_pair(r, self._channels(z[j], z[i]))
         raw = torch.zeros(len(z), dtype=pos.dtype, device=pos.device).index_add(0, i, edge_energy)
-        scale = self.energy_scale
-        per_atom = scale.per_atom_offset(z).to(pos.dtype) + scale.scale.to(pos.dtype) * raw
+        per_atom = self.scale_shift(raw, types)
         batch = structure_index(data)
         energy = torch.zeros(num_structures(data), dtype=pos.dtype, device=pos.device)
         energy = energy.index_add(0, batch, per_atom)

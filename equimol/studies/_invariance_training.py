@@ -23,6 +23,7 @@ from torch_geometric.loader import DataLoader
 
 from equimol import _keys as K
 from equimol.data import compute_statistics
+from equimol.models import FeatureMLP, LinearModel
 from equimol.studies._invariance_config import Augmentation, ModelEntry, TrainingSettings, build_model
 from equimol.studies._invariance_data import TransformedGraphs, augmentation_transform, stack_copies
 from equimol.train import PotentialModule
@@ -130,14 +131,13 @@ def train_model(
                 train, augmentation_transform(augmentation.transforms, planar, seed + 1), _SCALING_COPIES
             )
 
-    if hasattr(model, "set_statistics"):
-        model.set_statistics(compute_statistics(graphs))
-    if settings.standardize_features and hasattr(model, "fit_feature_scaling"):
+    model.set_statistics(compute_statistics(graphs))
+    if settings.standardize_features and isinstance(model, FeatureMLP):
         model.fit_feature_scaling(scaling_graphs)
 
     if entry.fit == "closed_form":
-        if not hasattr(model, "fit"):
-            raise ValueError(f"model {entry.name!r}: fit is 'closed_form' but {type(model).__name__} has no fit()")
+        if not isinstance(model, LinearModel):
+            raise ValueError(f"model {entry.name!r}: fit is 'closed_form', which only a LinearModel has")
         start, cpu_start = time.perf_counter(), time.process_time()
         model.fit(graphs)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start

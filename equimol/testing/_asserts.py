@@ -13,6 +13,7 @@ import torch
 from torch_geometric.data import Data
 
 from equimol import _keys as K
+from equimol.models.base import Potential
 from equimol.testing._batching import batch_consistency_error, gradient_leak_error
 from equimol.testing._common import (
     InvarianceReport,
@@ -181,8 +182,8 @@ def check_model(
         checks: names from :data:`CHECKS`. ``None`` runs every check that applies: force
             checks if the model returns forces, ``stress_fd`` if it returns a stress and a
             structure is periodic, ``gradient_leak`` with two structures or more,
-            ``cutoff_smoothness`` if ``cutoff`` is given or the model has a ``cutoff``
-            attribute. A check named explicitly that cannot run raises ``ValueError``.
+            ``cutoff_smoothness`` if ``cutoff`` is given or the model is an equimol
+            :class:`~equimol.models.Potential` that reads a radius graph (``cutoff > 0``). A check named explicitly that cannot run raises ``ValueError``.
         cutoff: the graph radius, Å, for ``cutoff_smoothness`` (species from ``structures``).
         seed: seed of the random operations.
         n_trials: random operations per structure for the symmetry checks.
@@ -197,8 +198,8 @@ def check_model(
     items = as_structures(structures)
     dtype = structures_dtype(items)
     has_forces, has_stress = _capabilities(model, items)
-    if cutoff is None and isinstance(getattr(model, "cutoff", None), (int, float)):
-        cutoff = float(model.cutoff)
+    if cutoff is None and isinstance(model, Potential) and model.cutoff > 0:
+        cutoff = model.cutoff
     applicable = {
         "forces_fd": (has_forces, "the model returns no forces"),
         "stress_fd": (has_stress, "no fully periodic structure, or the model returns no stress"),

@@ -1,9 +1,9 @@
 """``PotentialModule``: a LightningModule that trains any potential on energies, forces and stress.
 
-The wrapped ``model`` is any ``torch.nn.Module`` with the interface of
-``equimol.models.base.Potential``: ``model(batch, compute_forces, compute_stress)`` returns
-``energy [B]`` eV and, when asked, ``forces [N, 3]`` eV/Å and ``stress [B, 3, 3]`` eV/Å³;
-``model.set_statistics(stats)`` (optional) initialises data-dependent parameters.
+The wrapped ``model`` is any :class:`equimol.models.Potential` (equimol's own or a user's
+subclass): ``model(batch, compute_forces, compute_stress)`` returns ``energy [B]`` eV and, when
+asked, ``forces [N, 3]`` eV/Å and ``stress [B, 3, 3]`` eV/Å³; ``model.set_statistics(stats)``
+initialises data-dependent parameters; ``model.cutoff`` must match the data's graphs.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import nn
 from torch_geometric.data import Data
 
 from equimol import _keys as K
+from equimol.models.base import Potential
 from equimol.train.losses import PotentialLoss, atoms_per_structure
 from equimol.train.metrics import PotentialMetrics
 
@@ -26,21 +27,19 @@ __all__ = ["PotentialModule", "check_cutoffs", "model_cutoff", "load_potential",
 STAGES = ("train", "val", "test")
 
 
-def model_cutoff(model: nn.Module) -> float | None:
-    """The radial cutoff (Å) a model declares as ``model.cutoff``, or None."""
-    cutoff = getattr(model, "cutoff", None)
-    if isinstance(cutoff, torch.Tensor):
-        cutoff = cutoff.item()
-    return None if cutoff is None else float(cutoff)
+def model_cutoff(model: Potential) -> float:
+    """The radius (Å) of the graphs ``model`` reads, from its contract (0: it reads no edges)."""
+    return float(model.cutoff)
 
 
 def check_cutoffs(model_value: float | None, data_value: float | None) -> None:
     """Raise ``ValueError`` if the model's cutoff and the data's graph cutoff differ.
 
     A model trained on graphs of another radius sees neighbours it was never built for
-    (or misses some), so the two must be the same number of Å.
+    (or misses some), so the two must be the same number of Å. A model that reads no edges
+    (cutoff 0) takes graphs of any radius; None (not given) checks nothing.
     """
-    if model_value is None or data_value is None:
+    if model_value is None or data_value is None or float(model_value) == 0:
         return
     if abs(float(model_value) - float(data_value)) > 1e-9:
         raise ValueError(
@@ -63,8 +62,8 @@ class PotentialModule(pl.LightningModule):
     """Trains a potential with a weighted energy-per-atom, force and stress loss.
 
     Args:
-        model: the potential (any ``nn.Module`` with the ``Potential`` interface; in a config,
-            ``class_path`` and ``init_args`` of any importable class).
+        model: the potential, a :class:`~equimol.models.Potential` (in a config,
+            ``class_path`` and ``init_args`` of any importable subclass, a user's own included).
         energy_weight: weight of the energy-per-atom term.
         forces_weight: weight of the force term; 0 trains on energies only (then forces are
             computed only where the data has force labels, for the metrics).
@@ -84,7 +83,7 @@ class PotentialModule(pl.LightningModule):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Potential,
         energy_weight: float = 1.0,
         forces_weight: float = 10.0,
         stress_weight: float = 0.0,
@@ -96,6 +95,11 @@ class PotentialModule(pl.LightningModule):
         apply_statistics: bool = True,
     ) -> None:
         super().__init__()
+        if not isinstance(model, Potential):
+            raise TypeError(
+                f"PotentialModule trains an equimol Potential; {type(model).__name__} is not one: subclass "
+                "equimol.models.Potential, declaring atomic_numbers and cutoff (docs: Write your own model)"
+            )
         # Under LightningCLI the parsed config (with the model's class_path) is stored, so
         # ``load_from_checkpoint`` rebuilds the model. Objects (a module, a partial) are never
         # pickled into a checkpoint: it stays loadable with ``weights_only=True``.
@@ -132,9 +136,9 @@ class PotentialModule(pl.LightningModule):
         statistics = getattr(datamodule, "statistics", None)
         if statistics is None:
             return
-        if self.apply_statistics and hasattr(self.model, "set_statistics"):
+        if self.apply_statistics:
             self.model.set_statistics(statistics)
-        self.statistics = statistics.to_dict() if hasattr(statistics, "to_dict") else dict(statistics)
+        self.statistics = statistics.to_dict()
         self._statistics_applied = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
