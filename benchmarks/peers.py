@@ -95,20 +95,22 @@ def use_tensor_product(model: torch.nn.Module, name: str) -> torch.nn.Module:
 def calculator(model_path: str):
     """ASE calculator for the harness: ``bench_infer.py --peer py:peers:calculator``.
 
-    Loads a checkpoint of ``equimol fit`` (or an exported model), switches its convolutions to
+    Loads a checkpoint of ``equimol fit`` (or a ``.pt2`` package), switches its convolutions to
     ``$EQUIMOL_TENSOR_PRODUCT`` (default ``fused``) and compiles it with ``$EQUIMOL_COMPILE=1``
     (energies and forces as one compiled graph; the first call then takes about a minute),
     runs it eagerly with ``$EQUIMOL_COMPILE=0``, and otherwise keeps the setting it was
     trained with (``compile: true`` in ``configs/peers``).
     """
     from equimol.calculator import EquimolCalculator
+    from equimol.models.equivariant import EquivariantPotential
 
     flag = os.environ.get("EQUIMOL_COMPILE")
     calc = EquimolCalculator(model_path, compile=None if flag is None else flag == "1")
-    if getattr(calc.model, "network", None) is not None:
-        use_tensor_product(calc.model, os.environ.get("EQUIMOL_TENSOR_PRODUCT", "fused"))
-        if getattr(calc.model, "traced", None) is not None:
-            calc.model.set_compile(True)  # trace again after the switch
+    model = getattr(calc.backend, "model", None)  # packages are compiled as they are
+    if isinstance(model, EquivariantPotential):
+        use_tensor_product(model, os.environ.get("EQUIMOL_TENSOR_PRODUCT", "fused"))
+        if model.traced is not None:
+            model.set_compile(True)  # trace again after the switch
     return calc
 
 

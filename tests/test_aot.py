@@ -12,7 +12,8 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from scipy.spatial.transform import Rotation
 
 from equimol.calculator import EquimolCalculator
-from equimol.models.aot import AOTPotential, export_aot
+from equimol.engines import Package
+from equimol.models.aot import export_aot
 from equimol.models.equivariant import EquivariantPotential
 
 CUTOFF = 3.0
@@ -37,7 +38,7 @@ def compiled(tmp_path_factory) -> tuple[EquivariantPotential, str]:
     """A model fitted for two steps and compiled from its checkpoint with ``equimol compile``
     (in float64, for tight comparisons; ethanol's species, H, C and O), and the model itself
     in float64."""
-    from equimol.calculator import load_model
+    from equimol.engines import load_model
     from equimol.cli import main
 
     root = tmp_path_factory.mktemp("aot")
@@ -115,9 +116,9 @@ def test_package_forces_and_stress_match_finite_differences(compiled, rng):
 
 def test_package_records_what_it_needs_to_run(compiled):
     model, path = compiled
-    package = AOTPotential(path)
+    package = Package(path)
     assert package.cutoff == model.cutoff
-    assert package.atomic_numbers == [1, 6, 8]
+    assert package.atomic_numbers == (1, 6, 8)
     assert package.dtype == torch.float64
 
 
@@ -145,7 +146,7 @@ def test_export_and_load_reject_what_is_not_a_package(compiled, tmp_path):
     with pytest.raises(TypeError, match="EquivariantPotential"):
         export_aot(torch.nn.Linear(2, 2), tmp_path / "linear.pt2")
     with pytest.raises(FileNotFoundError, match="missing.pt2"):
-        AOTPotential(tmp_path / "missing.pt2")
+        Package(tmp_path / "missing.pt2")
     junk = tmp_path / "junk.pt2"
     junk.write_bytes(b"not a package")
     with pytest.raises(ValueError, match="junk.pt2"):

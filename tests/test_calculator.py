@@ -59,7 +59,7 @@ def test_float32_model_runs_in_float64_when_asked(model, copper):
     single = EquivariantPotential(["Cu"], cutoff=3.0, l_max=1, channels=4, num_layers=1)
     single.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
     calc = EquimolCalculator(single, dtype=torch.float64)
-    assert calc.dtype == torch.float64
+    assert calc.backend.dtype == torch.float64
     assert next(single.parameters()).dtype == torch.float32  # the caller's model is untouched
     copper.calc = calc
     energy64 = copper.get_potential_energy()

@@ -17,7 +17,6 @@ from e3nn import o3
 
 from equimol.data.graph import atoms_to_graph
 from equimol.models.equivariant import EquivariantPotential
-from equimol.models.export import export_potential, load_exported
 from equimol.nn import FusedTensorProduct, InteractionBlock, TensorProductConv
 from equimol.testing import check_model
 
@@ -175,16 +174,3 @@ def test_fused_potential_passes_physics_checks():
     report = check_model(model, structures(torch.float64, 3.0), strict=True)
     assert report["forces_fd"] < 1e-6
     assert report["rotation/forces"] < 1e-9
-
-
-@pytest.mark.parametrize("tensor_product", ["fused", "e3nn"])
-def test_potential_exports_to_torchscript_with_either_product(tmp_path, tensor_product):
-    model = make_potential(tensor_product).eval()
-    export_potential(model, tmp_path / "model.pt")
-    exported = load_exported(tmp_path / "model.pt")
-    data = structures(torch.float32, 3.0)[1]
-    expected = model(data)
-    batch = torch.zeros(data.pos.shape[0], dtype=torch.long)
-    energy, forces = exported(data.pos, data.z, data.edge_index, data.edge_shift, data.cell, batch)
-    assert torch.allclose(energy, expected["energy"].detach(), rtol=1e-5, atol=1e-6)
-    assert torch.allclose(forces, expected["forces"].detach(), rtol=1e-5, atol=1e-5)

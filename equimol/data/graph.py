@@ -30,6 +30,7 @@ def radius_graph(
     cell: np.ndarray,
     pbc: np.ndarray | bool,
     cutoff: float,
+    neighbour_list: vesin.NeighborList | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Directed radius graph with periodic images.
 
@@ -37,7 +38,10 @@ def radius_graph(
         positions: [N, 3] Å.
         cell: [3, 3] Å, lattice vectors as rows (ignored along non-periodic directions).
         pbc: [3] bool, or one bool for all directions.
-        cutoff: radius in Å; pairs with distance < cutoff are connected.
+        cutoff: radius in Å; pairs with distance < cutoff are connected. 0 gives no edges.
+        neighbour_list: a full vesin ``NeighborList`` of this cutoff to reuse (it keeps its
+            buffers between calls: for many small structures in a row, as in MD); default a
+            new one.
 
     Returns:
         edge_index: [2, E] int64, row 0 the neighbour j, row 1 the centre i.
@@ -47,9 +51,9 @@ def radius_graph(
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     cell = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
     pbc_list = [bool(p) for p in np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))]
-    if len(positions) == 0:
+    if len(positions) == 0 or cutoff == 0:
         return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
-    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    calculator = neighbour_list or vesin.NeighborList(cutoff=float(cutoff), full_list=True)
     i, j, shifts = calculator.compute(positions, cell, pbc_list, "ijS")
     edge_index = np.stack([j.astype(np.int64), i.astype(np.int64)])
     return edge_index, shifts.astype(np.int64)
@@ -115,6 +119,7 @@ def atoms_to_graph(
     dtype: torch.dtype = torch.float32,
     on_isolated: Literal["error", "ignore"] = "error",
     source: str = "structure",
+    neighbour_list: vesin.NeighborList | None = None,
 ) -> Data:
     """The radius graph of one structure, in the fields of ``equimol._keys``.
 
@@ -129,17 +134,18 @@ def atoms_to_graph(
             ``"ignore"`` keeps such atoms (for example isolated-atom reference energies).
         source: a description of where the structure came from, used in error messages
             (for example ``"train.xyz, frame 12"``).
+        neighbour_list: a vesin ``NeighborList`` of this cutoff to reuse (see :func:`radius_graph`).
 
     Returns:
         ``Data`` with ``pos [N,3]``, ``z [N]``, ``cell [1,3,3]``, ``pbc [1,3]``,
         ``edge_index [2,E]``, ``edge_shift [E,3]`` and the labels given.
     """
-    if cutoff <= 0 or not np.isfinite(cutoff):
-        raise ValueError(f"cutoff must be a positive number of Å, got {cutoff!r}")
+    if cutoff < 0 or not np.isfinite(cutoff):
+        raise ValueError(f"cutoff must be a number of Å >= 0 (0: no edges), got {cutoff!r}")
     if on_isolated not in ("error", "ignore"):
         raise ValueError(f"on_isolated must be 'error' or 'ignore', got {on_isolated!r}")
     positions, cell, pbc = structure_arrays(atoms, source)
-    edge_index, shifts = radius_graph(positions, cell, pbc, cutoff)
+    edge_index, shifts = radius_graph(positions, cell, pbc, cutoff, neighbour_list)
 
     if on_isolated == "error" and len(atoms) > 1:
         has_neighbour = np.zeros(len(atoms), dtype=bool)
