@@ -2,14 +2,32 @@
 
 Each subcommand lives in its own module and is registered in :data:`SUBCOMMANDS` as
 ``name -> (module, function, one-line help)``; the function takes the remaining arguments
-(``list[str]``) and returns an exit code. Modules are imported only when their subcommand runs.
+(``list[str]``), parses them with a ``jsonargparse`` parser built with
+:data:`equimol._cli_errors.PARSER_KWARGS` (LightningCLI for ``fit``/``validate``/``test``/``predict``)
+and returns an exit code. Modules are imported only when their subcommand runs.
+
+Conventions shared by every subcommand, and kept here in one place:
+
+- options are spelled with underscores (``--batch_size``) and never abbreviated;
+- a known error (bad value, missing file, unknown key, parse error; see
+  :data:`equimol._cli_errors.KNOWN_ERRORS`) is one line on stderr,
+  ``equimol <cmd>: error: <message>``, with exit code 2; ``--traceback`` (anywhere on the
+  command line) or ``EQUIMOL_TRACEBACK=1`` shows the full traceback instead;
+- progress messages of the library (``logging`` under ``equimol``) go to stderr at level INFO;
+  results go to stdout.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from equimol import _cli_errors as errors
 
 __all__ = ["SUBCOMMANDS", "main"]
 
@@ -30,21 +48,37 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "compile_main",
         "compile a checkpoint ahead of time into a .pt2 package for the ASE calculator",
     ),
-    "study": ("equimol.studies.invariance", "study_main", "run a study: 'study invariance --config FILE [--out DIR]'"),
+    "study": (
+        "equimol.studies.invariance",
+        "study_main",
+        "run a study: 'study invariance --config FILE', 'study vae [--out DIR]'",
+    ),
 }
+
+#: Environment variable that, set to 1, shows the full traceback of every error.
+TRACEBACK_ENV = "EQUIMOL_TRACEBACK"
+_TRACEBACK_FLAG = "--traceback"
 
 
 def _usage() -> str:
     width = max(len(name) for name in SUBCOMMANDS)
     lines = [
-        "usage: equimol SUBCOMMAND [ARGS ...]",
+        "usage: equimol [--traceback] SUBCOMMAND [ARGS ...]",
         "",
         "E(3)-equivariant graph neural networks for atoms and molecules.",
         "",
         "subcommands:",
     ]
     lines += [f"  {name:<{width}}  {text}" for name, (_, _, text) in SUBCOMMANDS.items()]
-    lines += ["", "Run 'equimol SUBCOMMAND --help' for the options of one subcommand."]
+    lines += [
+        "",
+        "options:",
+        "  -h, --help   show this message",
+        f"  --traceback  show the full traceback of an error (also {TRACEBACK_ENV}=1)",
+        "",
+        "Run 'equimol SUBCOMMAND --help' for the options of one subcommand; option names use",
+        "underscores (--batch_size) and are never abbreviated.",
+    ]
     return "\n".join(lines)
 
 
@@ -53,13 +87,76 @@ def _load(name: str) -> Callable[[list[str]], int]:
     return getattr(importlib.import_module(module), function)
 
 
+def _split_traceback_flag(args: list[str]) -> tuple[bool, list[str]]:
+    """Remove ``--traceback`` (before a literal ``--``) from ``args``."""
+    end = args.index("--") if "--" in args else len(args)
+    head = [arg for arg in args[:end] if arg != _TRACEBACK_FLAG]
+    return len(head) != end, head + args[end:]
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a record is emitted."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class assigns it; always follow sys.stderr
+        pass
+
+
+class _Formatter(logging.Formatter):
+    """``message`` for INFO and below, ``warning: message`` above."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno > logging.INFO:
+            text = f"{record.levelname.lower()}: {text}"
+        return text
+
+
+@contextmanager
+def _logging_to_stderr() -> Iterator[None]:
+    """Show ``equimol``'s log messages (INFO and above) on stderr while the command runs."""
+    logger = logging.getLogger("equimol")
+    handler = _StderrHandler()
+    handler.setFormatter(_Formatter("%(message)s"))
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def _exit_code(exit_: SystemExit) -> int:
+    code = exit_.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)  # SystemExit("message") prints its message, as Python does
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``equimol`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code.
 
-    No arguments print the usage and return 2; ``-h``/``--help`` print it and return 0;
-    an unknown subcommand is named in the error and returns 2.
+    No arguments print the usage and return 2; ``-h``/``--help`` print it and return 0. An
+    unknown subcommand and every known error of a subcommand are one line on stderr and
+    return 2 (the full traceback with ``--traceback`` or ``EQUIMOL_TRACEBACK=1``).
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    show_traceback, args = _split_traceback_flag(args)
+    show_traceback = show_traceback or os.environ.get(TRACEBACK_ENV, "").strip().lower() in ("1", "true", "yes")
     if not args:
         print(_usage(), file=sys.stderr)
         return 2
@@ -68,16 +165,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     name, rest = args[0], args[1:]
     if name not in SUBCOMMANDS:
-        print(
-            f"equimol: unknown subcommand {name!r}; choose from: {', '.join(SUBCOMMANDS)}",
-            file=sys.stderr,
-        )
-        return 2
+        print(f"equimol: error: unknown subcommand {name!r}; choose from: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return errors.EXIT_ERROR
+    prog = f"equimol {name}"
     try:
-        return int(_load(name)(rest) or 0)
-    except SystemExit as exit_:  # argument parsers exit on --help and on errors
-        code = exit_.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
+        with _logging_to_stderr(), errors.command(prog):
+            errors.check_option_spelling(rest)
+            return int(_load(name)(rest) or 0)
+    except SystemExit as exit_:  # --help, --print_config
+        return _exit_code(exit_)
+    except Exception as error:
+        if show_traceback or not errors.is_known(error):
+            if not errors.is_known(error):
+                raise
+            traceback.print_exception(error, file=sys.stderr)
+            return errors.EXIT_ERROR
+        print(errors.error_line(errors.prog_of(error, prog), error), file=sys.stderr)
+        return errors.EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -35,33 +35,54 @@ def test_generate_emt_md_accepts_a_size_triple_and_stores_stress(tmp_path) -> No
     assert frames[0].get_stress().shape == (6,) and frames[0].pbc.all()
 
 
+def error_line(capsys, prog: str) -> str:
+    """The one stderr line of a failed command, ``<prog>: error: ...``."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{prog}: error: "), lines
+    return lines[0]
+
+
 @pytest.mark.parametrize("typo", ["--n_sample", "--nsamples", "--n_smaples"])
 def test_misspelt_option_fails_naming_it(typo: str, tmp_path, capsys) -> None:
     out = tmp_path / "t.xyz"
     code = main(["generate", "toy2d", "--out", str(out), typo, "20"])
     assert code == 2
-    assert typo in capsys.readouterr().err
+    assert typo in error_line(capsys, "equimol generate toy2d")
     assert not out.exists()
 
 
 def test_option_of_the_wrong_type_fails_naming_it(tmp_path, capsys) -> None:
     code = main(["generate", "toy2d", "--out", str(tmp_path / "t.xyz"), "--n_samples", "many"])
     assert code == 2
-    assert "n_samples" in capsys.readouterr().err
+    line = error_line(capsys, "equimol generate toy2d")
+    assert "n_samples" in line and "many" in line
+
+
+def test_dashed_option_names_the_underscore_spelling(tmp_path, capsys) -> None:
+    code = main(["generate", "toy2d", "--out", str(tmp_path / "t.xyz"), "--n-samples", "3"])
+    assert code == 2
+    assert "--n_samples" in error_line(capsys, "equimol generate")
 
 
 def test_unknown_generator_is_named_in_the_error(tmp_path, capsys) -> None:
     code = main(["generate", "toy3d", "--out", str(tmp_path / "t.xyz")])
     assert code == 2
-    err = capsys.readouterr().err
-    assert "toy3d" in err and "toy2d" in err
+    line = error_line(capsys, "equimol generate")
+    assert "toy3d" in line and "toy2d" in line
 
 
 def test_invalid_value_is_reported_without_a_traceback(tmp_path, capsys) -> None:
     code = main(["generate", "emt-md", "--out", str(tmp_path / "x.xyz"), "--element", "Fe"])
     assert code == 2
+    assert "'Fe'" in error_line(capsys, "equimol generate emt-md")
+
+
+def test_invalid_value_with_traceback_flag_shows_it(tmp_path, capsys) -> None:
+    code = main(["generate", "emt-md", "--out", str(tmp_path / "x.xyz"), "--element", "Fe", "--traceback"])
+    assert code == 2
     err = capsys.readouterr().err
-    assert "'Fe'" in err and "Traceback" not in err
+    assert "Traceback (most recent call last)" in err and "'Fe'" in err
 
 
 def test_generate_help_lists_every_generator(capsys) -> None:
@@ -88,4 +109,4 @@ def test_no_arguments_prints_help_and_fails(capsys) -> None:
 
 def test_unknown_subcommand_is_named(capsys) -> None:
     assert main(["genrate"]) == 2
-    assert "'genrate'" in capsys.readouterr().err
+    assert "'genrate'" in error_line(capsys, "equimol")

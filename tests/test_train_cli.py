@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from equimol.cli import main as equimol_main
 from equimol.train.cli import main
 from equimol.train.evaluate import evaluate_main
 
@@ -79,27 +80,42 @@ def _config(tmp_path, model_cutoff=2.5, data_cutoff=2.5, extra_model="", batch_s
     return _write(tmp_path / "config.yaml", text)
 
 
+def error_line(capsys, prog: str) -> str:
+    """The one stderr line of a failed command, ``<prog>: error: ...``."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{prog}: error: "), lines
+    return lines[0]
+
+
 def test_misspelt_config_key_fails_naming_the_key(tmp_path, capsys):
     config = _config(tmp_path, extra_model="forces_wieght: 3.0")
+    code = equimol_main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path)])
+    assert code == 2
+    assert "model.init_args.forces_wieght" in error_line(capsys, "equimol fit")
+    # from Python, the same message and SystemExit(2)
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path)])
-    assert exit_.value.code != 0
-    assert "forces_wieght" in capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "forces_wieght" in error_line(capsys, "equimol fit")
 
 
 def test_wrong_type_in_config_fails_naming_the_key(tmp_path, capsys):
     config = _config(tmp_path, batch_size="eight")
-    with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path)])
-    assert exit_.value.code != 0
-    err = capsys.readouterr().err
-    assert "batch_size" in err and "eight" in err
+    code = equimol_main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path)])
+    assert code == 2
+    line = error_line(capsys, "equimol fit")
+    assert "data.init_args.batch_size" in line and "eight" in line
 
 
-def test_cutoff_mismatch_between_model_and_data_is_an_error_naming_both(tmp_path):
+def test_cutoff_mismatch_between_model_and_data_is_an_error_naming_both(tmp_path, capsys):
     config = _config(tmp_path, model_cutoff=2.5, data_cutoff=3.0)
     with pytest.raises(ValueError, match=r"cutoff mismatch.*2\.5.*3\.0"):
         main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path)])
+    code = equimol_main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "equimol fit: error: cutoff mismatch" in err and "Traceback" not in err
 
 
 def test_quickstart_runs_end_to_end_with_evaluation_and_offline_wandb(tmp_path):

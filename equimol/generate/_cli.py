@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import inspect
-import sys
 from collections.abc import Callable, Mapping, Sequence
 
 from jsonargparse import ArgumentParser
+
+from equimol import _cli_errors as errors
 
 from ._frames import write_frames
 
@@ -26,12 +27,12 @@ def build_generate_parser(generators: Mapping[str, Callable]) -> ArgumentParser:
     """
     parser = ArgumentParser(
         prog="equimol generate",
-        allow_abbrev=False,
         description="Generate a labelled data set (energies, forces) and write it as extended XYZ.",
+        **errors.PARSER_KWARGS,
     )
     subcommands = parser.add_subcommands(dest="generator", required=True, title="generators")
     for name, function in generators.items():
-        sub = ArgumentParser(description=_summary(function), allow_abbrev=False)
+        sub = ArgumentParser(description=_summary(function), **errors.PARSER_KWARGS)
         sub.add_argument("--out", type=str, required=True, help="output file (extended XYZ)")
         sub.add_function_arguments(function)
         if "progress" in inspect.signature(function).parameters:
@@ -44,21 +45,20 @@ def generate_main(argv: Sequence[str], generators: Mapping[str, Callable]) -> in
     """Parse ``argv`` (the arguments after ``generate``), run the generator, write the file.
 
     Returns:
-        0 on success; 2 when the generator rejects an argument value or a dependency is
-        missing (the message is printed). Parser errors exit through ``SystemExit(2)``.
+        0 on success. A bad option or value (rejected by the parser or by the generator) and
+        a missing optional dependency raise, for the ``equimol`` command to report as
+        ``equimol generate NAME: error: ...``.
     """
-    parser = build_generate_parser(generators)
-    config = parser.parse_args(list(argv))
-    name = config.generator
-    kwargs = config[name].as_dict()
-    out = kwargs.pop("out")
-    kwargs.pop("__path__", None)
-    kwargs.pop("config", None)
-    try:
+    argv = list(argv)
+    prog = f"equimol generate {argv[0]}" if argv and argv[0] in generators else "equimol generate"
+    with errors.command(prog):
+        config = build_generate_parser(generators).parse_args(argv)
+        name = config.generator
+        kwargs = config[name].as_dict()
+        out = kwargs.pop("out")
+        kwargs.pop("__path__", None)
+        kwargs.pop("config", None)
         frames = generators[name](**kwargs)
-    except (ValueError, ImportError) as err:
-        print(f"equimol generate {name}: error: {err}", file=sys.stderr)
-        return 2
-    write_frames(frames, out)
+        write_frames(frames, out)
     print(f"equimol generate {name}: wrote {len(frames)} frames to {out}")
     return 0

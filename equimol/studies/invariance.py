@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import importlib
 import logging
 import math
 import os
@@ -46,8 +47,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 import yaml
+from jsonargparse import ArgumentParser, Namespace
 from torch_geometric.data import Data
 
+from equimol import _cli_errors as errors
 from equimol import _keys as K
 from equimol.studies import _invariance_figures as figures
 from equimol.studies._invariance_config import (
@@ -55,7 +58,9 @@ from equimol.studies._invariance_config import (
     Augmentation,
     InvarianceStudyConfig,
     ModelEntry,
+    _to_config,
     build_model,
+    config_parser,
     config_to_dict,
     load_config,
 )
@@ -71,9 +76,13 @@ __all__ = [
     "markdown_tables",
     "write_results",
     "main",
+    "build_parser",
     "study_main",
+    "STUDIES",
     "TEST_SETS",
 ]
+
+logger = logging.getLogger(__name__)
 
 _COLUMNS = (
     "model", "augmentation", "fit", "n_params", "n_train", "train_seconds", "train_cpu_seconds", "epochs", "test_set",
@@ -220,7 +229,7 @@ def run_invariance_study(
 
     Args:
         config: the study config (:func:`load_config`).
-        log: print progress lines to stderr.
+        log: log progress lines (``logging``, level INFO, logger ``equimol.studies.invariance``).
         write: write the results folder (:func:`write_results`) at ``config.output_dir``.
         command: the command line that reproduces the study (written beside the results;
             default ``equimol study invariance --config <output_dir>/config.yaml``).
@@ -232,7 +241,7 @@ def run_invariance_study(
     out = Path(config.output_dir)
     if write:
         out.mkdir(parents=True, exist_ok=True)
-    say = (lambda text: print(f"[{config.name}] {text}", file=sys.stderr, flush=True)) if log else (lambda text: None)
+    say = (lambda text: logger.info("[%s] %s", config.name, text)) if log else (lambda text: None)
     dtype = getattr(torch, config.data.dtype)
     with _quiet_lightning():
         return _run(config, out, dtype, say, write, command, start)
@@ -242,9 +251,9 @@ def run_invariance_study(
 def _quiet_lightning() -> Iterator[None]:
     """Silence Lightning's per-run banners and known-harmless warnings for the many short fits."""
     loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.setLevel(logging.WARNING)
     with warnings.catch_warnings():
         for pattern in (".*val_dataloader.*", ".*LeafSpec.*", ".*does not have many workers.*",
                         ".*litlogger.*", ".*GPU available.*"):
@@ -252,8 +261,8 @@ def _quiet_lightning() -> Iterator[None]:
         try:
             yield
         finally:
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
+            for each, level in zip(loggers, levels):
+                each.setLevel(level)
 
 
 def _run(
@@ -574,42 +583,68 @@ def _log_summary(result: InvarianceStudyResult, out: Path, captions: dict[str, s
 # command line
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``equimol study invariance --config FILE [--out DIR] [--key value ...]``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        from equimol.studies._invariance_config import config_parser
+def build_parser() -> ArgumentParser:
+    """The parser of ``equimol study invariance``: :func:`~equimol.studies._invariance_config.config_parser`
+    (``--config FILE``, ``--out DIR``, any key as a flag) with the command's conventions."""
+    return errors.strict(config_parser())
 
-        config_parser().print_help()
-        return 0
-    try:
-        config = load_config(None, args)
-    except ValueError as error:
-        print(f"equimol study invariance: {error}", file=sys.stderr)
-        return 2
+
+def run_parsed(namespace: Namespace, args: Sequence[str]) -> int:
+    """Run the study of a parsed command line (``args``, recorded as the command that
+    reproduces it); print the tables to stdout."""
+    config = _to_config(namespace)
     command = "equimol study invariance " + " ".join(args)
     result = run_invariance_study(config, command=command)
     print(markdown_tables(result))
-    print(f"results written to {result.output_dir}", file=sys.stderr)
+    logger.info("results written to %s", result.output_dir)
     return 0
 
 
-#: ``equimol study NAME ...`` -> function taking the remaining arguments.
-STUDIES = {"invariance": main}
+def main(argv: Sequence[str] | None = None) -> int:
+    """``equimol study invariance --config FILE [--out DIR] [--key value ...]``; errors raise."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    with errors.command("equimol study invariance"):
+        return run_parsed(build_parser().parse_args(args), args)
+
+
+#: ``equimol study NAME``: (module, its parser builder, its runner ``(namespace, args) -> int``, help).
+STUDIES: dict[str, tuple[str, str, str, str]] = {
+    "invariance": (
+        "equimol.studies.invariance", "build_parser", "run_parsed",
+        "augmentation against built-in invariance: --config FILE [--out DIR]",
+    ),
+    "vae": (
+        "equimol.studies.vae_study", "build_parser", "run_parsed",
+        "configuration VAEs on a Lennard-Jones fluid under gravity: [--out DIR]",
+    ),
+}  # fmt: skip
 
 
 def study_main(argv: Sequence[str]) -> int:
-    """Entry of ``equimol study``: ``argv[0]`` names the study (``invariance``)."""
+    """Entry of ``equimol study``: ``argv[0]`` names the study (see :data:`STUDIES`).
+
+    Only the named study's module is imported; errors raise, naming ``equimol study NAME``.
+    """
     args = list(argv)
-    if not args or args[0] in ("-h", "--help"):
-        usage = "usage: equimol study {" + ",".join(STUDIES) + "} --config FILE [--out DIR]"
-        print(usage, file=sys.stderr if not args else sys.stdout)
-        return 2 if not args else 0
-    if args[0] not in STUDIES:
-        print(f"equimol study: unknown study {args[0]!r}; choose from: {', '.join(STUDIES)}", file=sys.stderr)
-        return 2
-    return STUDIES[args[0]](args[1:])
+    chosen = args[0] if args and args[0] in STUDIES else None
+    with errors.command(f"equimol study {chosen}" if chosen else "equimol study"):
+        parser = ArgumentParser(
+            prog="equimol study", description="Run a study and write its tables and figures.", **errors.PARSER_KWARGS
+        )
+        subcommands = parser.add_subcommands(dest="study", required=True, title="studies")
+        runners = {}
+        for name, (module, build, run, text) in STUDIES.items():
+            if name == chosen:
+                loaded = importlib.import_module(module)
+                sub, runners[name] = getattr(loaded, build)(), getattr(loaded, run)
+            else:  # listed by --help; never parsed
+                sub = ArgumentParser(description=text)
+            subcommands.add_subcommand(name, sub, help=text)
+        namespace = parser.parse_args(args)
+        return runners[namespace.study](namespace[namespace.study], args[1:])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from equimol.cli import main as _equimol
+
+    sys.exit(_equimol(["study", "invariance", *sys.argv[1:]]))

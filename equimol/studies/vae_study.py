@@ -27,24 +27,29 @@ column              meaning
 ``dist err rot``    ``dist err`` for rotated inputs
 ==================  ========================================================================
 
-Run ``python -m equimol.studies.vae_study`` (``--help`` for the options); it prints the
-Markdown table and can write it, the PCA figures and a JSON of the numbers to a folder.
+Run ``equimol study vae`` (``--help`` for the options; ``python -m equimol.studies.vae_study``
+is the same command); it prints the Markdown table and can write it, the PCA figures and a
+JSON of the numbers to a folder.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse.typing import PositiveInt
 
+from equimol import _cli_errors as errors
 from equimol.analysis import latent as la
 from equimol.models.vae import (
     ConfigurationVAE,
@@ -56,7 +61,9 @@ from equimol.models.vae import (
 from equimol.train.vae import ConfigurationDataModule, VAEModule, generate_configurations, stack_configurations
 
 __all__ = ["VAEVariant", "default_variants", "StudyData", "make_study_data", "train_variant",
-           "evaluate_variant", "run_vae_study", "format_table", "main"]
+           "evaluate_variant", "run_vae_study", "format_table", "build_parser", "run_parsed", "main"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -229,7 +236,8 @@ def run_vae_study(
     """Generate the data, train and evaluate every variant; return one dict per row.
 
     With ``out_dir``, also writes ``vae_table.md``, ``vae_results.json`` and one PCA figure of
-    the latent means per model (``latent_pca_<model>.png``).
+    the latent means per model (``latent_pca_<model>.png``). With ``verbose``, logs progress
+    (``logging``, level INFO, logger ``equimol.studies.vae_study``).
     """
     t0 = time.perf_counter()
     box = 8.0 if dim == 2 else 4.0
@@ -239,7 +247,7 @@ def run_vae_study(
         seed=seed, cache=cache,
     )  # fmt: skip
     if verbose:
-        print(f"data: {data.datamodule.data['pos'].shape[0]} configurations in {time.perf_counter() - t0:.0f} s")
+        logger.info("data: %d configurations in %.0f s", data.datamodule.data["pos"].shape[0], time.perf_counter() - t0)
     out = Path(out_dir) if out_dir else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -251,7 +259,7 @@ def run_vae_study(
         row["seconds"] = time.perf_counter() - t1
         rows.append(row)
         if verbose:
-            print(f"{variant.name}: {row['seconds']:.0f} s", flush=True)
+            logger.info("%s: %.0f s", variant.name, row["seconds"])
         if out:
             pos, gamma = data.datamodule.tensors("test")
             fig = la.plot_latent_pca(la.latent_means(model, pos), gamma.numpy(), title=variant.name)
@@ -261,31 +269,47 @@ def run_vae_study(
         (out / "vae_table.md").write_text(format_table(rows) + "\n")
         (out / "vae_results.json").write_text(json.dumps(rows, indent=2))
     if verbose:
-        print(f"total: {time.perf_counter() - t0:.0f} s")
+        logger.info("total: %.0f s", time.perf_counter() - t0)
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m equimol.studies.vae_study``: print the results table."""
-    p = argparse.ArgumentParser(prog="python -m equimol.studies.vae_study", description=__doc__.split("\n")[0])
-    p.add_argument("--gammas", type=float, nargs="+", default=[0.05, 0.2, 1.0])
-    p.add_argument("--ood-gamma", type=float, default=0.5)
-    p.add_argument("--n-frames", type=int, default=200, help="configurations per gamma")
-    p.add_argument("--dim", type=int, default=2, choices=[2, 3])
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--latent-dim", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for the table, JSON and PCA figures")
-    p.add_argument("--cache", default=None, help=".pt file caching the generated data")
-    args = p.parse_args(argv)
+def build_parser() -> ArgumentParser:
+    """The parser of ``equimol study vae``."""
+    parser = ArgumentParser(prog="equimol study vae", description=__doc__.split("\n")[0], **errors.PARSER_KWARGS)
+    parser.add_argument("--config", action=ActionConfigFile, help="the options below as a YAML file")
+    parser.add_argument("--gammas", type=float, nargs="+", default=[0.05, 0.2, 1.0],
+                        help="gravity strengths of the training data")
+    parser.add_argument("--ood_gamma", type=float, default=0.5, help="the unseen gravity strength (AUC gamma)")
+    parser.add_argument("--n_frames", type=PositiveInt, default=200, help="configurations per gamma")
+    parser.add_argument("--dim", type=Literal[2, 3], default=2, help="2D or 3D configurations")
+    parser.add_argument("--epochs", type=PositiveInt, default=100, help="training epochs of every model")
+    parser.add_argument("--latent_dim", type=PositiveInt, default=8, help="size of the latent vector")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Optional[str], default=None, help="folder for the table, JSON and PCA figures")
+    parser.add_argument("--cache", type=Optional[str], default=None, help=".pt file caching the generated data")
+    return parser
+
+
+def run_parsed(args: Namespace, argv: Sequence[str] = ()) -> int:
+    """Run the study with parsed options and print the results table to stdout."""
     torch.set_num_threads(1)
     rows = run_vae_study(
-        args.gammas, args.ood_gamma, args.n_frames, args.dim, args.epochs, args.latent_dim,
+        list(args.gammas), args.ood_gamma, args.n_frames, args.dim, args.epochs, args.latent_dim,
         args.seed, out_dir=args.out, cache=args.cache,
     )  # fmt: skip
     print(format_table(rows))
     return 0
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """``equimol study vae [--out DIR] [--dim 3] ...``: print the results table; errors raise."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    with errors.command("equimol study vae"):
+        return run_parsed(build_parser().parse_args(args), args)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    # ``python -m equimol.studies.vae_study ...``: the same as ``equimol study vae ...``
+    from equimol.cli import main as _equimol
+
+    raise SystemExit(_equimol(["study", "vae", *sys.argv[1:]]))

@@ -19,26 +19,40 @@ key                callback
 
 jsonargparse validates every key and type: a misspelt key or a wrong type stops the run
 with a message that names it. Command-line flags override any key
-(``--trainer.max_epochs 5``, ``--data.init_args.batch_size 8``).
+(``--trainer.max_epochs 5``, ``--data.init_args.batch_size 8``); they are never abbreviated.
+``equimol fit --help`` lists the options of the model and the data module (those of the
+classes a ``--config`` names, or of :class:`~equimol.train.PotentialModule` and
+:class:`~equimol.train.datamodule.AtomsDataModule`) and one line per other group;
+``--help_all`` prints LightningCLI's complete listing.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import inspect
+import json
+import re
 import sys
+import textwrap
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import Namespace
+from jsonargparse import ArgumentParser, Namespace
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import Logger, WandbLogger
 
+from equimol import _cli_errors as errors
 from equimol.train.callbacks import EMA, BestAndLastCheckpoint, LearningRateLogger, LossCurve, ParityPlot
 from equimol.train.module import check_cutoffs
 
-__all__ = ["EquimolCLI", "main", "fit_main", "validate_main", "test_main", "predict_main", "finish_wandb", "DEFAULT_ROOT_DIR"]
+__all__ = ["EquimolCLI", "main", "fit_main", "validate_main", "test_main", "predict_main", "finish_wandb",
+           "short_help", "DEFAULT_ROOT_DIR"]
 
 DEFAULT_ROOT_DIR = "runs/equimol"
 
@@ -76,6 +90,10 @@ class EquimolCLI(LightningCLI):
             },
         }
         trainer_defaults.update(kwargs.pop("trainer_defaults", {}))
+        # every parser (the main one and each subcommand's) rejects abbreviated options and
+        # raises its errors for the equimol command to report in one line
+        common = {"parser_mode": "yaml", **errors.PARSER_KWARGS, **kwargs.pop("parser_kwargs", {})}
+        parser_kwargs = {"prog": "equimol", **common, **{name: dict(common) for name in self.subcommands()}}
         super().__init__(
             model_class=kwargs.pop("model_class", LightningModule),
             datamodule_class=kwargs.pop("datamodule_class", LightningDataModule),
@@ -85,7 +103,7 @@ class EquimolCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             trainer_defaults=trainer_defaults,
             seed_everything_default=0,
-            parser_kwargs={"parser_mode": "yaml"},
+            parser_kwargs=parser_kwargs,
             args=args,
             run=run,
             **kwargs,
@@ -151,15 +169,41 @@ def _default_logger_dir(config: Any) -> None:
             entry.init_args.save_dir = root or "."
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``equimol fit|validate|test|predict``; ``argv`` starts with the subcommand
-    (default: the command line). Returns the exit code 0; errors raise ``SystemExit``."""
-    if argv is not None and list(argv) == sys.argv[1:]:
-        argv = None  # the same as the command line: let the CLI read it itself
+def _run(argv: list[str] | None) -> None:
+    """Build and run the CLI on ``argv`` (starting with the subcommand); parse errors raise
+    ``argparse.ArgumentError`` with jsonargparse's message."""
     try:
-        EquimolCLI(args=argv)
+        with warnings.catch_warnings():
+            # the arguments are given explicitly (the equimol command removes its own options
+            # and renames --help_all): Lightning's warning about sys.argv does not apply
+            warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
+            EquimolCLI(args=list(sys.argv[1:] if argv is None else argv))
+    except argparse.ArgumentError as error:
+        # the main parser names the subcommand among what it left over ("unrecognized
+        # arguments: fit --trainer.max_epoch 1") and in front of keys ("fit.model")
+        subcommand = (argv if argv is not None else sys.argv[1:])[:1]
+        message = str(error)
+        if subcommand:
+            name = re.escape(subcommand[0])
+            message = re.sub(rf"^unrecognized arguments: {name} ", "unrecognized arguments: ", message)
+            message = re.sub(rf"(?<![\w.]){name}\.", "", message)
+        if message != str(error):
+            raise argparse.ArgumentError(None, message) from error
+        raise
     finally:
         finish_wandb()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``equimol fit|validate|test|predict`` from Python; ``argv`` starts with the
+    subcommand (default: the command line). Returns the exit code 0; a parse error is
+    printed in one line and raises ``SystemExit(2)``; other errors propagate."""
+    try:
+        _run(None if argv is None else list(argv))
+    except argparse.ArgumentError as error:
+        subcommand = (list(argv) if argv is not None else sys.argv[1:])[:1]
+        print(errors.error_line(" ".join(["equimol", *subcommand]), error), file=sys.stderr)
+        raise SystemExit(errors.EXIT_ERROR) from error
     return 0
 
 
@@ -171,25 +215,337 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
+def _subcommand_main(subcommand: str, argv: Sequence[str]) -> int:
+    """``equimol SUBCOMMAND ARGS``: ``--help`` prints :func:`short_help`, ``--help_all``
+    LightningCLI's complete help; otherwise run (errors raise, for the ``equimol`` command
+    to report)."""
+    args = list(argv)
+    options = args[: args.index("--")] if "--" in args else args
+    if "--help_all" in options:
+        _run([subcommand, "--help"])
+        return 0
+    if "-h" in options or "--help" in options:
+        print(short_help(subcommand, args))
+        return 0
+    _run([subcommand, *args])
+    return 0
+
+
 def fit_main(argv: list[str]) -> int:
     """``equimol fit ARGS``: train (``--ckpt_path last`` resumes)."""
-    return main(["fit", *argv])
+    return _subcommand_main("fit", argv)
 
 
 def validate_main(argv: list[str]) -> int:
     """``equimol validate ARGS``: metrics on the validation split."""
-    return main(["validate", *argv])
+    return _subcommand_main("validate", argv)
 
 
 def test_main(argv: list[str]) -> int:
     """``equimol test ARGS``: metrics on the test split."""
-    return main(["test", *argv])
+    return _subcommand_main("test", argv)
 
 
 def predict_main(argv: list[str]) -> int:
     """``equimol predict ARGS``: predictions on the test split."""
-    return main(["predict", *argv])
+    return _subcommand_main("predict", argv)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+# --------------------------------------------------------------------------------------
+# equimol fit --help: the options of the model and the data first, one line per other group
+
+#: The classes whose options ``--help`` lists when no config names others.
+DEFAULT_CLASSES = {"model": "equimol.train.PotentialModule", "data": "equimol.train.datamodule.AtomsDataModule"}
+_WIDTH = 110  # characters per line
+_MAX_LINES = 110  # lines of the whole help
+_PURPOSE = {
+    "fit": "Train a model",
+    "validate": "Metrics on the validation split",
+    "test": "Metrics on the test split",
+    "predict": "Predictions on the test split",
+}
+_GROUPS = {
+    "trainer": "Lightning's Trainer",
+    "checkpoint": "best and last checkpoints",
+    "ema": "moving average of the weights",
+    "early_stopping": "stop when val/loss stops improving",
+    "lr_monitor": "learning rate per epoch",
+    "parity_plot": "parity plots",
+    "loss_curve": "loss curves",
+    "optimizer": "Lightning's optimizer (for a module without its own)",
+    "lr_scheduler": "Lightning's scheduler (for a module without its own)",
+}
+#: The options of a group listed first in its summary line.
+_FIRST = {
+    "trainer": ["max_epochs", "default_root_dir", "accelerator", "devices", "precision", "logger", "callbacks"],
+    "checkpoint": ["monitor", "save_top_k", "filename"],
+    "early_stopping": ["monitor", "patience", "min_delta"],
+}
+#: Flag and help of the subcommands' own options, where Lightning's first sentence says little.
+_OWN_OPTIONS = {
+    "ckpt_path": ("--ckpt_path PATH", "checkpoint to start from ('last': the run's last.ckpt, resuming it)"),
+    "weights_only": ("--weights_only BOOL", "load the checkpoint with torch.load(weights_only=...)"),
+    "verbose": ("--verbose BOOL", "print the metrics"),
+    "return_predictions": ("--return_predictions BOOL", "keep the predictions in memory"),
+}
+_EVAL_CKPT = ("--ckpt_path PATH", "the checkpoint to use: a path, 'best' or 'last'")
+_RUN_OPTIONS = {
+    "config": ("--config FILE", "YAML config; repeat to merge several, later ones win"),
+    "print_config": ("--print_config", "print the resolved config and exit"),
+    "seed_everything": ("--seed_everything SEED", "seed of everything (default 0); true: a random one"),
+}
+
+
+class _ParserBuilt(Exception):
+    """Raised by :class:`_ParserOnly` with the CLI once its parsers are built."""
+
+
+class _ParserOnly(EquimolCLI):
+    """Builds the parsers of :class:`EquimolCLI` and stops before parsing anything."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        raise _ParserBuilt(self)
+
+
+def _subcommand_parser(subcommand: str) -> LightningArgumentParser:
+    try:
+        _ParserOnly(args=[subcommand])
+    except _ParserBuilt as built:
+        return built.args[0]._subcommand_parsers[subcommand]
+    raise RuntimeError("the CLI did not build its parsers")  # pragma: no cover
+
+
+def _fit(text: str, width: int = _WIDTH) -> str:
+    text = text.rstrip()
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
+def _sentence(text: str | None) -> str:
+    """The first sentence of a help text, on one line."""
+    text = " ".join((text or "").split())
+    text = re.sub(r":(?:py:)?\w+:`~?([^`]*)`", r"\1", text).replace("``", "")  # reST roles and literals
+    if text == argparse.SUPPRESS:
+        return ""
+    end = text.find(". ")
+    return text[: end + 1] if end >= 0 else text
+
+
+def _show(value: Any) -> str:
+    """A value as one would write it in a YAML config, short."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (dict, Namespace)) and "class_path" in value:
+        value = dict(value)
+        name = str(value["class_path"]).rsplit(".", 1)[-1]
+        init = dict(value.get("init_args") or {})
+        return name + ("(" + ", ".join(f"{k}={_show(v)}" for k, v in init.items()) + ")" if init else "")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, type):
+        return value.__name__
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _type_text(cls: type, name: str, action: argparse.Action) -> str:
+    try:
+        annotation = inspect.signature(cls).parameters[name].annotation
+    except (KeyError, TypeError, ValueError):
+        annotation = inspect.Parameter.empty
+    if isinstance(annotation, str):
+        return annotation
+    hint = getattr(action, "_typehint", None) or action.type
+    if hint is None:
+        return ""
+    text = hint.__name__ if isinstance(hint, type) else str(hint)
+    return errors._tidy(text.replace("typing.", ""))
+
+
+def _import(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    if not module:
+        raise ImportError(f"{class_path!r} is not a full class path")
+    return getattr(importlib.import_module(module), name)
+
+
+def _class_rows(cls: type, key: str, values: dict[str, Any]) -> tuple[list[tuple[str, str, str, str]], dict]:
+    """``(name, type, value, help)`` per init argument of ``cls``, the value from ``values``
+    (a config's ``init_args``) or else the default; and the nested classes a config names."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, key, fail_untyped=False, sub_configs=True)
+    rows, nested = [], {}
+    for action in parser._actions:
+        if not action.option_strings or action.dest.endswith(".help") or not action.dest.startswith(key + "."):
+            continue
+        name = action.dest[len(key) + 1:]
+        if "." in name:
+            continue
+        if name in values:
+            value = values[name]
+            if isinstance(value, dict) and str(value.get("class_path", "")).startswith("equimol."):
+                nested[name] = value  # listed in a block of its own
+                value = str(value["class_path"]).rsplit(".", 1)[-1]
+        elif getattr(action, "required", False):
+            value = "required"
+        else:
+            value = action.default
+        shown = value if value == "required" else _show(value)
+        rows.append((name, _type_text(cls, name, action), shown, _sentence(action.help)))
+    return rows, nested
+
+
+def _config_sections(args: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """``{"model": {class_path, init_args}, "data": {...}}`` from the ``--config`` files and
+    ``--model``/``--data`` class paths in ``args``, and notes on what could not be read."""
+    sections: dict[str, dict[str, Any]] = {key: {"class_path": path, "init_args": {}}
+                                           for key, path in DEFAULT_CLASSES.items()}
+    notes: list[str] = []
+    k = 0
+    while k < len(args):
+        arg, value = args[k], None
+        name, eq, inline = arg.partition("=")
+        if name in ("-c", "--config", "--model", "--data"):
+            value = inline if eq else (args[k + 1] if k + 1 < len(args) else None)
+            k += 0 if eq else 1
+        k += 1
+        if value is None:
+            continue
+        if name in ("--model", "--data"):
+            if "." in value and not value.endswith((".yaml", ".yml", ".json")) and not value.lstrip().startswith("{"):
+                sections[name[2:]] = {"class_path": value, "init_args": {}}
+            continue
+        try:
+            config = yaml.safe_load(Path(value).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            notes.append(f"could not read {value} ({type(error).__name__}); showing the defaults")
+            continue
+        for key in DEFAULT_CLASSES:
+            section = config.get(key) if isinstance(config, dict) else None
+            if isinstance(section, str):
+                section = {"class_path": section}
+            if not isinstance(section, dict):
+                continue
+            if section.get("class_path") and section["class_path"] != sections[key]["class_path"]:
+                sections[key] = {"class_path": section["class_path"], "init_args": {}}
+            sections[key]["init_args"].update(section.get("init_args") or {})
+    return sections, notes
+
+
+def _table(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    name_w = min(max((len(r[0]) for r in rows), default=0), 22)
+    type_w = min(max((len(r[1]) for r in rows), default=0), 24)
+    value_w = min(max((len(r[2]) for r in rows), default=0), 20)
+    lines = []
+    for name, kind, value, text in rows:
+        kind = kind if len(kind) <= type_w else kind[: type_w - 1] + "…"
+        value = value if len(value) <= value_w else value[: value_w - 1] + "…"
+        lines.append(_fit(f"  {name:<{name_w}}  {kind:<{type_w}}  {value:<{value_w}}  {text}"))
+    return lines
+
+
+def _class_sections(args: list[str]) -> tuple[list[list[str]], list[str]]:
+    """One block of lines per class (model, its nested equimol classes, data)."""
+    sections, notes = _config_sections(args)
+    blocks = []
+    for key in ("model", "data"):
+        queue = [(key, sections[key])]
+        while queue:
+            where, section = queue.pop(0)
+            class_path = str(section.get("class_path"))
+            try:
+                cls = _import(class_path)
+                rows, nested = _class_rows(cls, f"{where}.init_args", dict(section.get("init_args") or {}))
+            except Exception as error:  # a help must not fail: say so, show the default class
+                notes.append(f"cannot list the options of {class_path} ({type(error).__name__}: {error})")
+                if where in DEFAULT_CLASSES and class_path != DEFAULT_CLASSES[where]:
+                    queue.insert(0, (where, {"class_path": DEFAULT_CLASSES[where], "init_args": {}}))
+                continue
+            flags = f"--{where} CLASS_PATH, " if where in DEFAULT_CLASSES else ""
+            title = f"{where}: {class_path}   ({flags}--{where}.init_args.KEY VALUE)"
+            blocks.append([_fit(title), *_table(rows)])
+            queue += [(f"{where}.init_args.{name}", value) for name, value in nested.items()]
+    return blocks, notes
+
+
+def _group_lines(parser: LightningArgumentParser, subcommand: str) -> tuple[list[str], list[str]]:
+    """The run options (config, seed, the subcommand's own) and one line per other group."""
+    groups = getattr(parser, "groups", None) or {}
+    grouped = {id(action) for group in groups.values() for action in group._group_actions}
+    run = [_RUN_OPTIONS[a.dest] for a in parser._actions if a.dest in _RUN_OPTIONS and id(a) not in grouped]
+    for action in groups[subcommand]._group_actions if subcommand in groups else []:
+        own = _EVAL_CKPT if action.dest == "ckpt_path" and subcommand != "fit" else _OWN_OPTIONS.get(action.dest)
+        run.append(own or (f"{action.option_strings[0]} {action.dest.upper()}", _sentence(action.help)))
+    run.append(("--help_all", "every option of every group, with LightningCLI's full help"))
+    width = max(len(flag) for flag, _ in run)
+    run_lines = [_fit(f"  {flag:<{width}}  {text}") for flag, text in run]
+    other = []
+    for key, group in groups.items():
+        if key in ("model", "data", subcommand):
+            continue
+        names = [a.dest[len(key) + 1:] for a in group._group_actions
+                 if a.dest.startswith(key + ".") and not a.dest.endswith(".help")]
+        first = [name for name in _FIRST.get(key, []) if name in names]
+        names = first + [name for name in names if name not in first]
+        describe = _GROUPS.get(key) or _sentence(group.title).rstrip(".:")
+        if names:
+            flag = f"--{key}.KEY"
+            text = f"{describe}: {', '.join(names)}"
+        else:
+            flag, text = f"--{key} CLASS_PATH", describe
+        other.append((flag, text, len(names)))
+    width = max((len(flag) for flag, _, _ in other), default=0)
+    other_lines = []
+    for flag, text, count in other:
+        suffix = f" ({count})" if count else ""
+        line = f"  {flag:<{width}}  {text}"
+        if len(line) + len(suffix) > _WIDTH:
+            line = line[: _WIDTH - len(suffix) - 5].rsplit(",", 1)[0] + ", ..."
+        other_lines.append(line + suffix)
+    return run_lines, other_lines
+
+
+def short_help(subcommand: str, args: Sequence[str] = ()) -> str:
+    """``equimol SUBCOMMAND --help``: the options of the model and the data module (of the
+    classes ``--config`` files in ``args`` name, or the defaults), the run options, one line
+    per other group, and where to find the rest; at most 110 lines."""
+    args = [arg for arg in args if arg not in ("-h", "--help")]
+    parser = _subcommand_parser(subcommand)
+    blocks, notes = _class_sections(args)
+    run_lines, other_lines = _group_lines(parser, subcommand)
+    head = [
+        f"usage: equimol {subcommand} [--config FILE] [--KEY VALUE ...] [--print_config] [--help_all]",
+        "",
+        *textwrap.wrap(
+            f"{_PURPOSE.get(subcommand, subcommand)}. A config names the LightningModule (model), the "
+            "LightningDataModule (data) and the Trainer's settings; a flag sets or overrides any key. "
+            "Values shown: the config's, else the defaults.",
+            width=100,
+        ),
+        *[f"note: {_fit(note, _WIDTH - 6)}" for note in notes],
+        "",
+    ]
+    tail = [
+        "",
+        "run:",
+        *run_lines,
+        "",
+        f"other groups (equimol {subcommand} --help_all lists them in full; --KEY.help CLASS_PATH shows a class):",
+        *other_lines,
+    ]
+    # keep to the line budget: shorten the longest class block first
+    budget = _MAX_LINES - len(head) - len(tail) - 2 * len(blocks)
+    while sum(len(block) for block in blocks) > budget:
+        longest = max(blocks, key=len)
+        hidden = longest[-1].startswith("  … ") and int(longest[-1].split()[1]) or 0
+        rows = longest[1:-1] if hidden else longest[1:]
+        if not rows:
+            break
+        longest[:] = [longest[0], *rows[:-1], f"  … {hidden + 1} more: equimol {subcommand} --help_all"]
+    body = []
+    for block in blocks:
+        body += [*block, ""]
+    return "\n".join(head + body[:-1] + tail)

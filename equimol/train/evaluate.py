@@ -1,4 +1,4 @@
-"""``equimol evaluate --ckpt C --data D [--out DIR]``: error metrics and a parity plot of a
+"""``equimol evaluate --ckpt C --data D [--out DIR] [--batch_size N]``: error metrics and a parity plot of a
 trained potential on a data set.
 
 ``D`` is a structure file (extended XYZ, ASE database, ...), ``sample:NAME`` for a data file
@@ -10,24 +10,29 @@ Writes ``metrics.json`` (MAE, RMSE, R² as in :mod:`equimol.train.metrics`) and 
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import yaml
+from jsonargparse import ArgumentParser
+from jsonargparse.typing import PositiveInt
 from torch.utils.data import Dataset
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
+from equimol import _cli_errors as errors
 from equimol import _keys as K
 from equimol.train.metrics import PotentialMetrics
 from equimol.train.module import check_cutoffs, load_potential, model_cutoff, parity_pairs
 from equimol.train.plots import parity_figure, save_figure
 
-__all__ = ["evaluate", "evaluate_main", "load_evaluation_data"]
+__all__ = ["evaluate", "evaluate_main", "build_evaluate_parser", "load_evaluation_data"]
+
+logger = logging.getLogger(__name__)
 
 
 def load_evaluation_data(
@@ -109,6 +114,7 @@ def evaluate(
     dataset, description = load_evaluation_data(data, cutoff, dtype=dtype)
     if len(dataset) == 0:
         raise ValueError(f"{description}: no structures to evaluate")
+    logger.info("evaluating %s on %d structures from %s", checkpoint, len(dataset), description)
     metrics = PotentialMetrics().to(device)
     pairs: dict[str, list[np.ndarray]] = {}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -135,19 +141,28 @@ def evaluate(
     return result
 
 
-def evaluate_main(argv: list[str]) -> int:
-    """``equimol evaluate``: parse ``argv`` (the arguments after ``evaluate``) and run."""
-    parser = argparse.ArgumentParser(
+def build_evaluate_parser() -> ArgumentParser:
+    """The parser of ``equimol evaluate``."""
+    parser = ArgumentParser(
         prog="equimol evaluate",
         description="Error metrics (JSON) and a parity plot (PNG) of a trained potential on a data set.",
+        **errors.PARSER_KWARGS,
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by 'equimol fit' (.ckpt)")
-    parser.add_argument("--data", required=True,
+    parser.add_argument("--ckpt", type=str, required=True, help="checkpoint written by 'equimol fit' (.ckpt)")
+    parser.add_argument("--data", type=str, required=True,
                         help="structure file, sample:NAME, or a YAML config with a 'data' section")
-    parser.add_argument("--out", default=None, help="folder for metrics.json and parity.png (default: beside the checkpoint, evaluation/)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Optional[str], default=None,
+                        help="folder for metrics.json and parity.png (default: evaluation/ beside the "
+                        "checkpoints/ folder)")
+    parser.add_argument("--batch_size", type=PositiveInt, default=16, help="structures per batch")
+    parser.add_argument("--device", type=str, default="cpu", help="torch device, e.g. cpu or cuda")
+    return parser
+
+
+def evaluate_main(argv: list[str]) -> int:
+    """``equimol evaluate``: parse ``argv`` (the arguments after ``evaluate``), run, and print
+    the metrics to stdout."""
+    args = build_evaluate_parser().parse_args(list(argv))
     out = args.out or str(Path(args.ckpt).resolve().parent.parent / "evaluation")
     result = evaluate(args.ckpt, args.data, out, batch_size=args.batch_size, device=args.device)
     width = max(len(name) for name in result["metrics"]) if result["metrics"] else 0
