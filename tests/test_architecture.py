@@ -35,9 +35,23 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def is_script_entry(node: ast.AST) -> bool:
+    """``if __name__ == "__main__":``, the block that runs only when the file is executed as a
+    script (``python -m ...``): the command layer's code, whatever file it stands in."""
+    return (
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Compare)
+        and isinstance(node.test.left, ast.Name)
+        and node.test.left.id == "__name__"
+        and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators)
+    )
+
+
 def imported_modules(path: Path) -> set[str]:
-    """The equimol modules ``path`` imports anywhere in its body (relative imports resolved)."""
+    """The equimol modules ``path`` imports anywhere in its body (relative imports resolved),
+    except in its script entry block (:func:`is_script_entry`)."""
     tree = ast.parse(path.read_text(), str(path))
+    tree.body = [node for node in tree.body if not is_script_entry(node)]
     own = module_name(path)
     package = own if path.name == "__init__.py" else own.rpartition(".")[0]
     found = set()
@@ -157,6 +171,9 @@ def test_the_checks_find_a_cycle_and_an_upward_import():
     """The helpers themselves see what they are meant to see."""
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+    entry = ast.parse('if __name__ == "__main__":\n    from equimol.cli import main\n').body[0]
+    assert is_script_entry(entry)
+    assert not is_script_entry(ast.parse("if debug:\n    pass\n").body[0])
     layers = {"equimol.nn": 0, "equimol.models": 2}
     assert layer_of("equimol.models.vae.coordinate", layers) == ("equimol.models", 2)
     assert layer_of("equimol.nn", layers) == ("equimol.nn", 0)
