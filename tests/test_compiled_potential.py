@@ -22,15 +22,6 @@ CUTOFF = 3.0
 SPECIES = ["H", "C", "O"]
 
 
-def random_cell(rng: np.random.Generator, num_atoms: int = 5) -> ase.Atoms:
-    cell = 3.5 * np.eye(3) + rng.normal(0.0, 0.4, (3, 3))
-    return ase.Atoms(rng.choice(SPECIES, num_atoms), cell=cell, scaled_positions=rng.uniform(size=(num_atoms, 3)), pbc=True)
-
-
-def random_molecule(rng: np.random.Generator, num_atoms: int = 7) -> ase.Atoms:
-    return ase.Atoms(rng.choice(SPECIES, num_atoms), positions=rng.uniform(0.0, 2.5, (num_atoms, 3)))
-
-
 def batch_of(structures: list[ase.Atoms]) -> Batch:
     return Batch.from_data_list([atoms_to_graph(atoms, CUTOFF, dtype=torch.float64) for atoms in structures])
 
@@ -65,7 +56,7 @@ def assert_same_training_gradients(eager, traced, batch) -> None:
         assert ((p.grad - q.grad).abs().max() / scale) < 1e-9, name
 
 
-def test_traced_graph_matches_eager_values_and_parameter_gradients():
+def test_traced_graph_matches_eager_values_and_parameter_gradients(random_cell, random_molecule):
     rng = np.random.default_rng(0)
     batch = batch_of([random_cell(rng), random_molecule(rng), random_cell(rng, 6)])
     eager, traced = eager_and_traced(
@@ -84,7 +75,7 @@ def test_traced_graph_matches_eager_values_and_parameter_gradients():
     assert len(traced.traced._graphs) == 1
 
 
-def test_traced_graph_of_a_frozen_model_is_the_inference_graph():
+def test_traced_graph_of_a_frozen_model_is_the_inference_graph(random_cell):
     """Frozen parameters (the calculator's copy) use a graph without parameter gradients."""
     rng = np.random.default_rng(1)
     batch = batch_of([random_cell(rng)])
@@ -112,7 +103,7 @@ def test_compiled_model_copies_and_pickles_without_its_graphs():
 
 
 @pytest.mark.slow
-def test_compiled_training_step_matches_eager():
+def test_compiled_training_step_matches_eager(random_cell, random_molecule):
     """One loss on energies, forces and stresses through ``torch.compile``: the same parameter
     gradients as eager autograd (float64), and a batch of another size needs no new graph."""
     rng = np.random.default_rng(3)

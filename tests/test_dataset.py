@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import bulk
-from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import voigt_6_to_full_3x3_stress
 from torch.utils.data import Subset
@@ -20,24 +18,6 @@ from equimol.data import AtomsDataset, MissingKeyError, atoms_to_graph, split_in
 
 CUTOFF = 4.0
 XYZ_TOL = 1e-7  # extended XYZ stores 8 decimals
-
-
-def _emt_frames(count: int = 6, seed: int = 0) -> list[Atoms]:
-    """Rattled Cu/Ag cells of 8 atoms (two compositions), EMT energy, forces and stress
-    attached as a calculator, and a 'gamma' info value."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for k in range(count):
-        atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((2, 1, 1))
-        if k % 2:
-            atoms.symbols[[0, 3]] = "Ag"
-        atoms.rattle(0.08, seed=int(rng.integers(1 << 30)))
-        atoms.calc = EMT()
-        atoms.get_potential_energy()
-        atoms.get_stress()
-        atoms.info["gamma"] = 0.25 * k
-        frames.append(atoms)
-    return frames
 
 
 def _ref_frames(frames: list[Atoms]) -> list[Atoms]:
@@ -52,8 +32,17 @@ def _ref_frames(frames: list[Atoms]) -> list[Atoms]:
 
 
 @pytest.fixture(scope="module")
-def frames() -> list[Atoms]:
-    return _emt_frames()
+def frames(emt_copper) -> list[Atoms]:
+    """Six rattled 8-atom cells of two compositions (Cu8, and Cu6Ag2 for odd indices) with EMT's
+    energy, forces and stress held by the attached calculator, and a 'gamma' info value."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(6):
+        silver = {0: "Ag", 3: "Ag"} if k % 2 else None
+        atoms = emt_copper(int(rng.integers(1 << 30)), a=3.7, repeat=(2, 1, 1), rattle=0.08, substitute=silver)
+        atoms.info["gamma"] = 0.25 * k
+        frames.append(atoms)
+    return frames
 
 
 @pytest.fixture

@@ -1,10 +1,15 @@
-"""equimol.testing's physics checks on every model equimol ships.
+"""Every model equimol ships: equimol.testing's physics checks, and forces by autograd in the
+modes a caller runs a model in.
 
 The equivariant potential and the invariant baselines must pass every check at round-off;
-the MLPs on hand-made features must be reported for exactly the symmetries they break.
+the MLPs on hand-made features must be reported for exactly the symmetries they break. A model
+in eval mode still lets its energy be backpropagated after computing forces, and says clearly
+why it cannot compute forces under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import ase
 import numpy as np
@@ -18,16 +23,6 @@ from equimol.testing import check_model
 
 CUTOFF = 4.0
 SPECIES = [1, 6, 8]
-
-
-def random_molecule(rng: np.random.Generator, numbers: list[int]) -> ase.Atoms:
-    """A compact random molecule: atoms at least 0.9 Å apart inside a 3 Å box."""
-    positions: list[np.ndarray] = []
-    while len(positions) < len(numbers):
-        trial = rng.uniform(0.0, 3.0, size=3)
-        if all(np.linalg.norm(trial - p) > 0.9 for p in positions):
-            positions.append(trial)
-    return ase.Atoms(numbers=numbers, positions=np.array(positions))
 
 
 def random_periodic_cell(rng: np.random.Generator) -> ase.Atoms:
@@ -44,9 +39,15 @@ def graphs(atoms_list: list[ase.Atoms], dtype: torch.dtype) -> list:
 
 
 @pytest.fixture
-def molecules(rng: np.random.Generator) -> list[ase.Atoms]:
-    numbers = [1, 1, 6, 6, 8, 1]
-    return [random_molecule(rng, numbers) for _ in range(2)]
+def compact_molecule(random_molecule, rng: np.random.Generator) -> Callable[[], ase.Atoms]:
+    """Draws a random six-atom molecule (H, C, O) from ``rng``: atoms at least 0.9 Å apart inside
+    a 3 Å box."""
+    return lambda: random_molecule(rng, [1, 1, 6, 6, 8, 1], box=3.0, min_distance=0.9)
+
+
+@pytest.fixture
+def molecules(compact_molecule) -> list[ase.Atoms]:
+    return [compact_molecule() for _ in range(2)]
 
 
 @pytest.fixture
@@ -107,8 +108,8 @@ def test_mlp_on_distances_is_rotation_invariant_but_not_permutation_invariant(mo
     assert report["permutation/energy"] > 1e-3
 
 
-def test_linear_model_on_inverse_distances_breaks_only_permutation(molecules, rng) -> None:
-    train = graphs([random_molecule(rng, [1, 1, 6, 6, 8, 1]) for _ in range(40)], torch.float64)
+def test_linear_model_on_inverse_distances_breaks_only_permutation(molecules, compact_molecule) -> None:
+    train = graphs([compact_molecule() for _ in range(40)], torch.float64)
     for graph in train:  # an order-dependent target, so the fitted weights differ per pair
         graph.energy = (1.0 / torch.pdist(graph.pos)).cumsum(0)[-1:] + (1.0 / torch.pdist(graph.pos))[:1]
     model = LinearModel(n_atoms=6).to(torch.float64).fit(train)
@@ -116,3 +117,24 @@ def test_linear_model_on_inverse_distances_breaks_only_permutation(molecules, rn
     assert report["rotation/energy"] < 1e-9
     assert report["translation/energy"] < 1e-9
     assert report["permutation/energy"] > 1e-4
+
+
+# ---- forces by autograd, in eval and inference mode ------------------------------------------
+
+
+@pytest.fixture
+def copper_graph(emt_copper):
+    return atoms_to_graph(emt_copper(0), CUTOFF, dtype=torch.float64)
+
+
+def test_energy_can_be_backpropagated_in_eval_mode_after_forces_were_computed(copper_graph) -> None:
+    model = PairNN(CUTOFF).double().eval()
+    out = model(copper_graph)
+    out["energy"].sum().backward()  # the force computation must not free the energy's graph
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_forces_inside_inference_mode_raise_a_clear_error(copper_graph) -> None:
+    model = PairNN(CUTOFF).double().eval()
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        model(copper_graph)

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 from equimol.models.pair import PairNN
-from equimol.train import AtomsDataModule, PotentialModule
+from equimol.train import PotentialModule
 
 SCRIPT = textwrap.dedent(
     """
@@ -43,7 +43,7 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_trains_and_validation_metrics_match_one_process(tmp_path):
+def test_ddp_two_processes_trains_and_validation_metrics_match_one_process(tmp_path, lj_datamodule, quiet_trainer):
     script = tmp_path / "ddp_fit.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -55,13 +55,11 @@ def test_ddp_two_processes_trains_and_validation_metrics_match_one_process(tmp_p
     assert result["global_step"] == 4  # 32 structures / (2 processes x 8) = 2 steps per epoch
 
     pl.seed_everything(0)
-    datamodule = AtomsDataModule(cutoff=2.5, generator={"name": "lj-cluster", "n_frames": 48, "seed": 0},
-                                 split=[32, 16], batch_size=8, cache_dir=str(tmp_path / "data"))
+    datamodule = lj_datamodule(tmp_path / "data", n_frames=48, split=[32, 16], batch_size=8)  # as in SCRIPT
     model = PairNN(cutoff=2.5, hidden=[16])
     model.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
     module = PotentialModule(model, forces_weight=1.0, lr_scheduler=None)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, inference_mode=False, default_root_dir=tmp_path)
+    trainer = quiet_trainer(tmp_path, accelerator="cpu", devices=1)
     single = trainer.validate(module, datamodule, verbose=False)[0]
     ddp = result["metrics"]
     for name in ("val/loss", "val/energy_per_atom_mae", "val/energy_rmse", "val/forces_mae",

@@ -1,4 +1,5 @@
-"""Loss terms and metrics against direct NumPy computations; energy-only training; EMA."""
+"""Loss terms and metrics against direct NumPy computations; energy-only training; stress
+labels of structures that are not periodic in every direction; EMA."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from ase.build import fcc111
+from ase.calculators.emt import EMT
 from torch_geometric.data import Batch, Data
 
+from equimol.data import atoms_to_graph
+from equimol.models import PairNN
 from equimol.train import EMA, PotentialLoss, PotentialMetrics
 
 
@@ -82,21 +87,43 @@ def test_metrics_match_numpy_over_several_batches(rng):
     assert "stress_mae" not in values  # no stress labels, no stress metric
 
 
-def test_ema_weights_are_used_for_validation_and_saved_as_state_dict(tmp_path):
+def _emt_graph(atoms, cutoff: float, **options) -> Data:
+    """The float64 graph of ``atoms`` with its calculator's energy, forces and stress as labels."""
+    labels = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(), "stress": atoms.get_stress()}
+    return atoms_to_graph(atoms, cutoff, labels=labels, dtype=torch.float64, **options)
+
+
+def test_stress_of_a_slab_does_not_enter_the_loss_or_the_metrics(emt_copper) -> None:
+    cutoff = 4.0
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=5.0)
+    slab.calc = EMT()
+    slab_graph = _emt_graph(slab, cutoff, on_isolated="ignore")
+    assert slab_graph.stress.abs().max() > 1e-3  # ASE gives the slab a stress label
+    bulk_graph = _emt_graph(emt_copper(0), cutoff)
+    batch = Batch.from_data_list([bulk_graph, slab_graph])
+    model = PairNN(cutoff).double().eval()
+    prediction = model(batch, compute_stress=True)
+    loss = PotentialLoss(energy_weight=0.0, forces_weight=0.0, stress_weight=1.0)(prediction, batch)
+    expected = (prediction["stress"][0] - bulk_graph.stress[0]).square().mean()
+    torch.testing.assert_close(loss["stress"], expected)
+    metrics = PotentialMetrics()
+    metrics.update(prediction, batch)
+    expected_mae = (prediction["stress"][0] - bulk_graph.stress[0]).abs().mean()
+    assert abs(metrics.compute()["stress_mae"] - float(expected_mae)) < 1e-6
+
+
+def test_ema_weights_are_used_for_validation_and_saved_as_state_dict(tmp_path, lj_datamodule, quiet_trainer):
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from equimol.models.pair import PairNN
-    from equimol.train import AtomsDataModule, PotentialModule
+    from equimol.train import PotentialModule
 
     pl.seed_everything(0)
-    datamodule = AtomsDataModule(cutoff=2.5, generator={"name": "lj-cluster", "n_frames": 20, "seed": 0},
-                                 split=[16, 4], batch_size=4, cache_dir=str(tmp_path / "data"))
+    datamodule = lj_datamodule(tmp_path / "data", n_frames=20, split=[16, 4], batch_size=4)
     module = PotentialModule(PairNN(cutoff=2.5, hidden=[8]), lr_scheduler=None,
                              optimizer=functools.partial(torch.optim.SGD, lr=0.1))
     ema = EMA(decay=0.5, warmup=False)
     saver = ModelCheckpoint(dirpath=tmp_path, filename="step3", every_n_train_steps=3, save_top_k=-1)
-    trainer = pl.Trainer(max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         inference_mode=False, callbacks=[ema, saver], default_root_dir=tmp_path)
+    trainer = quiet_trainer(tmp_path, max_steps=3, callbacks=[ema, saver])
     trainer.fit(module, datamodule)
     checkpoint = torch.load(tmp_path / "step3.ckpt", weights_only=True)
     name = "model.net.0.weight" if "model.net.0.weight" in checkpoint["state_dict"] else next(
@@ -108,21 +135,18 @@ def test_ema_weights_are_used_for_validation_and_saved_as_state_dict(tmp_path):
     torch.testing.assert_close(module.state_dict()[name], averaged)
 
 
-def test_ema_handles_models_whose_deep_copy_has_extra_buffers(tmp_path):
+def test_ema_handles_models_whose_deep_copy_has_extra_buffers(tmp_path, lj_datamodule, quiet_trainer):
     """e3nn's generated code gives a deep copy of a tensor product extra constant buffers;
     averaging, validation swaps and checkpoints match parameters by name and still work."""
     from equimol.models.equivariant import EquivariantPotential
-    from equimol.train import AtomsDataModule, PotentialModule
+    from equimol.train import PotentialModule
     from equimol.train.module import load_potential
 
     pl.seed_everything(0)
-    datamodule = AtomsDataModule(cutoff=2.5, generator={"name": "lj-cluster", "n_frames": 12, "seed": 0},
-                                 split=[8, 4], batch_size=4, cache_dir=str(tmp_path / "data"))
+    datamodule = lj_datamodule(tmp_path / "data", n_frames=12, split=[8, 4], batch_size=4)
     model = EquivariantPotential(["Ar"], cutoff=2.5, l_max=2, channels=4, num_layers=3)
     module = PotentialModule(model, lr_scheduler=None)
-    trainer = pl.Trainer(max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         inference_mode=False, callbacks=[EMA(decay=0.9)], default_root_dir=tmp_path,
-                         enable_checkpointing=False)
+    trainer = quiet_trainer(tmp_path, max_steps=2, callbacks=[EMA(decay=0.9)], enable_checkpointing=False)
     trainer.fit(module, datamodule)
     trainer.save_checkpoint(tmp_path / "model.ckpt")
     template = EquivariantPotential(["Ar"], cutoff=2.5, l_max=2, channels=4, num_layers=3)
