@@ -75,6 +75,28 @@ def test_traced_graph_matches_eager_values_and_parameter_gradients(random_cell, 
     assert len(traced.traced._graphs) == 1
 
 
+def test_traced_inference_graph_with_the_generic_paths_of_l_2(random_cell):
+    """From l = 2 on, middle layers use the generic (Clebsch-Gordan einsum) paths, whose
+    coefficients must reach the trace as a buffer: compiled models and packages of l_max 2
+    and 3 with three layers are built from this graph (tracing takes tens of seconds, so one
+    configuration here)."""
+    l_max, parity = 2, False
+    rng = np.random.default_rng(2)
+    batch = batch_of([random_cell(rng, 5)])
+    torch.manual_seed(0)
+    eager = EquivariantPotential(SPECIES, cutoff=CUTOFF, l_max=l_max, parity=parity, channels=2, num_layers=3).double()
+    traced = EquivariantPotential(SPECIES, cutoff=CUTOFF, l_max=l_max, parity=parity, channels=2, num_layers=3).double()
+    traced.load_state_dict(eager.state_dict())
+    traced.traced = TracedEdgeGradients(traced.network, compile=False)
+    for parameter in traced.parameters():
+        parameter.requires_grad_(False)
+    with torch.no_grad():
+        got = traced.eval()(batch, compute_stress=True)
+    expected = eager.eval()(batch, compute_stress=True)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(got[key], expected[key].detach(), rtol=1e-10, atol=1e-12)
+
+
 def test_traced_graph_of_a_frozen_model_is_the_inference_graph(random_cell):
     """Frozen parameters (the calculator's copy) use a graph without parameter gradients."""
     rng = np.random.default_rng(1)

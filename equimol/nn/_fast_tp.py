@@ -187,7 +187,9 @@ class FusedTensorProduct(nn.Module):
         ]
         self._setup_channel_major(tp)
         cg_flat = torch.cat(cg_blocks) if cg_blocks else torch.zeros(0, dtype=torch.float64)
-        self.cg = cg_flat
+        # a buffer (not a plain attribute): it follows .to() and tracing sees it as an input,
+        # so compiled graphs and packages of the generic paths (l >= 2) can be built
+        self.register_buffer("cg", cg_flat, persistent=False)
 
     def _setup_channel_major(self, tp: o3.TensorProduct) -> None:
         """Tables of the channel-major evaluation, used when every ``x`` entry has one multiplicity.
