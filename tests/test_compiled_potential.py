@@ -26,15 +26,17 @@ def batch_of(structures: list[ase.Atoms]) -> Batch:
     return Batch.from_data_list([atoms_to_graph(atoms, CUTOFF, dtype=torch.float64) for atoms in structures])
 
 
-def eager_and_traced(compile: bool, num_layers: int = 2, **options) -> tuple[EquivariantPotential, EquivariantPotential]:
+def eager_and_traced(
+    compile: bool, num_layers: int = 2, channels: int = 4, **options
+) -> tuple[EquivariantPotential, EquivariantPotential]:
     """Two float64 models with the same weights; the second through the traced graph.
 
     Three layers make odd scalars (tanh) besides the gates (sigmoid): both have backward
     passes that use their outputs, the case the trace must get right.
     """
     torch.manual_seed(0)
-    eager = EquivariantPotential(SPECIES, cutoff=CUTOFF, channels=4, num_layers=num_layers, **options).double()
-    traced = EquivariantPotential(SPECIES, cutoff=CUTOFF, channels=4, num_layers=num_layers, **options).double()
+    eager = EquivariantPotential(SPECIES, cutoff=CUTOFF, channels=channels, num_layers=num_layers, **options).double()
+    traced = EquivariantPotential(SPECIES, cutoff=CUTOFF, channels=channels, num_layers=num_layers, **options).double()
     traced.load_state_dict(eager.state_dict())
     traced.traced = TracedEdgeGradients(traced.network, compile=compile)
     return eager, traced
@@ -42,6 +44,17 @@ def eager_and_traced(compile: bool, num_layers: int = 2, **options) -> tuple[Equ
 
 def loss_of(out: dict[str, torch.Tensor]) -> torch.Tensor:
     return out["energy"].square().sum() + 10.0 * out["forces"].square().sum() + 100.0 * out["stress"].square().sum()
+
+
+def assert_same_frozen_inference(eager, traced, batch) -> None:
+    """Frozen parameters (the calculator's copy): the traced graph gives the eager values."""
+    for parameter in traced.parameters():
+        parameter.requires_grad_(False)
+    with torch.no_grad():
+        got = traced.eval()(batch, compute_stress=True)
+    expected = eager.eval()(batch, compute_stress=True)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(got[key], expected[key].detach(), rtol=1e-10, atol=1e-12)
 
 
 def assert_same_training_gradients(eager, traced, batch) -> None:
@@ -80,35 +93,16 @@ def test_traced_inference_graph_with_the_generic_paths_of_l_2(random_cell):
     coefficients must reach the trace as a buffer: compiled models and packages of l_max 2
     and 3 with three layers are built from this graph (tracing takes tens of seconds, so one
     configuration here)."""
-    l_max, parity = 2, False
     rng = np.random.default_rng(2)
-    batch = batch_of([random_cell(rng, 5)])
-    torch.manual_seed(0)
-    eager = EquivariantPotential(SPECIES, cutoff=CUTOFF, l_max=l_max, parity=parity, channels=2, num_layers=3).double()
-    traced = EquivariantPotential(SPECIES, cutoff=CUTOFF, l_max=l_max, parity=parity, channels=2, num_layers=3).double()
-    traced.load_state_dict(eager.state_dict())
-    traced.traced = TracedEdgeGradients(traced.network, compile=False)
-    for parameter in traced.parameters():
-        parameter.requires_grad_(False)
-    with torch.no_grad():
-        got = traced.eval()(batch, compute_stress=True)
-    expected = eager.eval()(batch, compute_stress=True)
-    for key in ("energy", "forces", "stress"):
-        torch.testing.assert_close(got[key], expected[key].detach(), rtol=1e-10, atol=1e-12)
+    eager, traced = eager_and_traced(compile=False, num_layers=3, channels=2, l_max=2, parity=False)
+    assert_same_frozen_inference(eager, traced, batch_of([random_cell(rng, 5)]))
 
 
 def test_traced_graph_of_a_frozen_model_is_the_inference_graph(random_cell):
     """Frozen parameters (the calculator's copy) use a graph without parameter gradients."""
     rng = np.random.default_rng(1)
-    batch = batch_of([random_cell(rng)])
     eager, traced = eager_and_traced(compile=False)
-    for parameter in traced.parameters():
-        parameter.requires_grad_(False)
-    with torch.no_grad():
-        got = traced.eval()(batch, compute_stress=True)
-    expected = eager.eval()(batch, compute_stress=True)
-    for key in ("energy", "forces", "stress"):
-        torch.testing.assert_close(got[key], expected[key].detach(), rtol=1e-10, atol=1e-12)
+    assert_same_frozen_inference(eager, traced, batch_of([random_cell(rng)]))
     assert [differentiable for _, _, differentiable in traced.traced._graphs] == [False]
 
 
