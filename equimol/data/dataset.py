@@ -25,7 +25,7 @@ from torch_geometric.data.collate import collate
 from torch_geometric.data.separate import separate
 
 from equimol import _keys as K
-from equimol.data.graph import atoms_to_graph
+from equimol.data.graph import DEFAULT_MIN_DISTANCE, atoms_to_graph
 from equimol.data.io import MissingKeyError, frame_info_values, frame_labels, parse_source, read_frames
 
 __all__ = ["AtomsDataset"]
@@ -66,14 +66,20 @@ class AtomsDataset(Dataset):
             ``__getitem__`` (for augmentation); the stored graphs are never modified.
         on_isolated: ``"error"`` or ``"ignore"`` atoms with no neighbour within the cutoff
             (see :func:`equimol.data.atoms_to_graph`).
+        min_distance: the smallest distance, Å, two atoms of a frame may have (periodic
+            images included); a closer pair is an error naming the file, the frame, both
+            atoms and their distance. 0 turns the check off. Default 0.1 Å.
 
     Attributes:
         cutoff: radius of the graphs, Å.
+        min_distance: the smallest interatomic distance the frames were checked for, Å.
         cache_file: the file the graphs were loaded from or saved to (None without
             ``cache_dir``).
 
     Raises:
-        FileNotFoundError, ValueError: the file is missing, empty or malformed.
+        FileNotFoundError, ValueError: the file is missing, empty or malformed, or a frame
+            is not a valid structure (atoms closer than ``min_distance``, a degenerate cell,
+            non-finite positions or labels); the message names the file and the frame.
         MissingKeyError: (a ``KeyError``) a required label or an info key is missing on a
             frame; the message names the file, the frame and the keys that frame does have.
     """
@@ -93,12 +99,17 @@ class AtomsDataset(Dataset):
         cache_dir: str | os.PathLike | None = None,
         transform: Callable[[Data], Data] | None = None,
         on_isolated: Literal["error", "ignore"] = "error",
+        min_distance: float = DEFAULT_MIN_DISTANCE,
     ) -> None:
         super().__init__()
         if isinstance(cutoff, bool) or not (isinstance(cutoff, numbers.Real) and 0 < cutoff < np.inf):
             raise ValueError(f"cutoff must be a positive number of Å, got {cutoff!r}")
         if on_isolated not in ("error", "ignore"):
             raise ValueError(f"on_isolated must be 'error' or 'ignore', got {on_isolated!r}")
+        if isinstance(min_distance, bool) or not (
+            isinstance(min_distance, numbers.Real) and 0 <= min_distance < np.inf
+        ):
+            raise ValueError(f"min_distance must be a number of Å >= 0 (0: no check), got {min_distance!r}")
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating dtype, got {dtype}")
         self._keys = {K.ENERGY: energy_key, K.FORCES: forces_key, K.STRESS: stress_key}
@@ -119,6 +130,7 @@ class AtomsDataset(Dataset):
         self._require = require
         self._info_keys = info_keys
         self._on_isolated = on_isolated
+        self.min_distance = float(min_distance)
         self._index = index
         self._path: Path | None = None
         self._frames: list[ase.Atoms] | None = None
@@ -172,6 +184,7 @@ class AtomsDataset(Dataset):
                 labels,
                 dtype=self.dtype,
                 on_isolated=self._on_isolated,
+                min_distance=self.min_distance,
                 source=where,
             )
             for key, value in frame_info_values(atoms, self._info_keys, source=where).items():
@@ -202,6 +215,7 @@ class AtomsDataset(Dataset):
             "info_keys": list(self._info_keys),
             "dtype": str(self.dtype),
             "on_isolated": self._on_isolated,
+            "min_distance": self.min_distance,
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
 

@@ -3,6 +3,17 @@
 The neighbour list comes from vesin (periodic, mixed-periodic and open boundaries, cells
 smaller than the cutoff included). Only integer lattice shifts are stored, so that edge
 vectors are recomputed from ``pos`` on every forward pass and forces follow from autograd.
+
+Every structure is checked before its neighbour list is built, and every error names the
+structure's source (``"train.xyz, frame 12"``): finite positions, a cell whose periodic vectors
+span as many dimensions as there are periodic axes, a cutoff that gives a graph of sensible
+size (:data:`MAX_EDGES`), and no two atoms closer than ``min_distance``
+(:data:`DEFAULT_MIN_DISTANCE`). The cost of the neighbour list does not grow with the cutoff
+beyond the structure's own size: along non-periodic axes no pair is farther apart than the
+atoms' extent, so the search radius of an open structure is cut to just above that extent,
+and the open axes of a mixed-periodic cell are replaced by vacuum vectors longer than the
+cutoff plus the extent (no periodic image along them is ever within the cutoff). Neither
+changes the graph: it keeps every pair with distance < cutoff.
 """
 
 from __future__ import annotations
@@ -18,11 +29,45 @@ from torch_geometric.data import Data
 
 from equimol import _keys as K
 
-__all__ = ["radius_graph", "atoms_to_graph", "edge_vectors", "structure_arrays", "IsolatedAtomError"]
+__all__ = [
+    "radius_graph",
+    "atoms_to_graph",
+    "edge_vectors",
+    "structure_arrays",
+    "estimated_edge_count",
+    "IsolatedAtomError",
+    "CloseAtomsError",
+    "DEFAULT_MIN_DISTANCE",
+    "MAX_EDGES",
+]
+
+#: Default smallest distance, Å, that two atoms (or an atom and a periodic image) may have:
+#: far below any physical contact (the H2 bond is 0.74 Å, the closest encounters of hot
+#: molecular dynamics stay above 0.5 Å), far above the overlaps of broken data (a duplicated
+#: atom, a frame written twice into one structure, a wrapping error).
+DEFAULT_MIN_DISTANCE = 0.1
+
+#: The most edges one structure's graph may have, as estimated from the cutoff and the
+#: atom density before the neighbour list is built (about 16 GB of neighbour-list and graph
+#: arrays); a larger estimate is an error naming the cutoff.
+MAX_EDGES = 200_000_000
+
+# Extra length, Å, of the search radius of open structures and of the vacuum vectors that
+# stand in for non-periodic axes, beyond the extent of the atoms: no rounding can then make a
+# pair inside the extent look farther apart than the radius.
+_MARGIN = 1.0
+
+# Periodic cell vectors whose d-volume, relative to the product of their lengths, is below
+# this are linearly dependent (a cube has 1; a cell skewed to 1e-8 has no numerical meaning).
+_DEGENERATE = 1e-8
 
 
 class IsolatedAtomError(ValueError):
     """Raised when an atom has no neighbour within the cutoff."""
+
+
+class CloseAtomsError(ValueError):
+    """Raised when two atoms (or an atom and a periodic image) are closer than ``min_distance``."""
 
 
 def radius_graph(
@@ -31,6 +76,9 @@ def radius_graph(
     pbc: np.ndarray | bool,
     cutoff: float,
     neighbour_list: vesin.NeighborList | None = None,
+    *,
+    source: str = "structure",
+    max_edges: int = MAX_EDGES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Directed radius graph with periodic images.
 
@@ -42,21 +90,140 @@ def radius_graph(
         neighbour_list: a full vesin ``NeighborList`` of this cutoff to reuse (it keeps its
             buffers between calls: for many small structures in a row, as in MD); default a
             new one.
+        source: where the structure came from, for error messages.
+        max_edges: the most edges the graph may have (see :func:`estimated_edge_count`).
 
     Returns:
         edge_index: [2, E] int64, row 0 the neighbour j, row 1 the centre i.
-        shifts: [E, 3] int64 lattice shifts S with ``r_ij = pos[j] - pos[i] + S @ cell``.
+        shifts: [E, 3] int64 lattice shifts S with ``r_ij = pos[j] - pos[i] + S @ cell``
+        (0 along non-periodic axes).
         Self-pairs at zero distance are excluded; an atom's own periodic images are kept.
+
+    Raises:
+        ValueError: a negative or non-finite cutoff, a degenerate cell (periodic vectors that
+            are zero or linearly dependent), or a cutoff that would give more than
+            ``max_edges`` edges; the message names ``source``.
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     cell = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
-    pbc_list = [bool(p) for p in np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))]
+    periodic = np.array(np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
+    cutoff = _check_cutoff(cutoff)
     if len(positions) == 0 or cutoff == 0:
         return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
-    calculator = neighbour_list or vesin.NeighborList(cutoff=float(cutoff), full_list=True)
-    i, j, shifts = calculator.compute(positions, cell, pbc_list, "ijS")
+    _check_cell(cell, periodic, source)
+    estimate = estimated_edge_count(positions, cell, periodic, cutoff)
+    if estimate > max_edges:
+        raise ValueError(
+            f"{source}: a cutoff of {cutoff:g} Å would give about {estimate:.2g} edges for "
+            f"{len(positions)} atoms ({int(periodic.sum())} periodic axes), more than the "
+            f"{max_edges:.2g} one graph may have; use a smaller cutoff (the model's, a few Å)"
+        )
+
+    radius, box, box_pbc = cutoff, cell, [bool(p) for p in periodic]
+    extent = _extent(positions)
+    if not periodic.any():
+        # every pair is within `extent`: a larger search radius finds the same pairs, slower
+        if cutoff > 2.0 * (extent + _MARGIN):
+            radius = extent + _MARGIN
+    elif not periodic.all():
+        box, box_pbc = _vacuum_cell(cell, periodic, cutoff + extent + _MARGIN), [True, True, True]
+    if neighbour_list is None or float(neighbour_list.cutoff) != radius:
+        neighbour_list = vesin.NeighborList(cutoff=radius, full_list=True)
+    i, j, shifts = neighbour_list.compute(positions, box, box_pbc, "ijS")
+    shifts = shifts.astype(np.int64)
+    if (~periodic).any() and shifts[:, ~periodic].any():  # impossible: the vacuum is wide enough
+        raise RuntimeError(f"{source}: the neighbour list gave a lattice shift along a non-periodic axis")
     edge_index = np.stack([j.astype(np.int64), i.astype(np.int64)])
-    return edge_index, shifts.astype(np.int64)
+    return edge_index, shifts
+
+
+def estimated_edge_count(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray | bool, cutoff: float) -> float:
+    """About how many directed edges the radius graph of ``cutoff`` Å has, without building it.
+
+    Periodic along all axes: ``N * (N / V) * 4/3 pi r^3``. With ``d`` < 3 periodic axes the
+    smaller of two counts: ``N^2`` times the lattice images within the cutoff (the d-ball
+    over the d-volume of the periodic cell, 1 image with no periodic axis), and ``N`` times
+    the mean density of the atoms' bounding slab, wire or box times the sphere's volume.
+    An open structure has at most ``N (N - 1)`` edges.
+    """
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    periodic = np.array(np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
+    n = float(len(positions))
+    r = float(cutoff)
+    sphere = 4.0 / 3.0 * np.pi * r**3
+    lattice = cell[periodic]
+    d = len(lattice)
+    measure = float(np.sqrt(max(np.linalg.det(lattice @ lattice.T), 0.0))) if d else 1.0
+    if measure == 0.0:
+        return np.inf
+    if d == 3:
+        return n * n / measure * sphere
+    ball = (1.0, 2.0 * r, np.pi * r**2)[d]
+    by_images = n * n * ball / measure
+    complement = _orthonormal_complement(lattice)
+    spans = np.ptp(positions @ complement.T, axis=0) if len(positions) else np.zeros(3 - d)
+    region = measure * float(np.prod(spans))
+    by_density = n * n / region * sphere if region > 0 else np.inf
+    estimate = min(by_images, by_density)
+    return min(estimate, n * (n - 1.0)) if d == 0 else estimate
+
+
+def _check_cutoff(cutoff: float, name: str = "cutoff", meaning: str = "0: no edges") -> float:
+    try:
+        value = float(cutoff)
+    except (TypeError, ValueError):
+        value = np.nan
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a number of Å >= 0 ({meaning}), got {cutoff!r}")
+    return value
+
+
+def _check_cell(cell: np.ndarray, periodic: np.ndarray, source: str) -> None:
+    """ValueError naming ``source`` unless the periodic cell vectors are finite, non-zero and
+    linearly independent (the non-periodic ones are not used)."""
+    lattice = cell[periodic]
+    if not np.isfinite(lattice).all():
+        raise ValueError(f"{source}: the cell has non-finite (NaN or inf) vectors along periodic axes")
+    lengths = np.linalg.norm(lattice, axis=1)
+    axes = np.nonzero(periodic)[0]
+    for axis, length in zip(axes, lengths, strict=True):
+        if length == 0:
+            raise ValueError(
+                f"{source}: the cell is degenerate: periodic along axis {axis} but the cell vector is zero"
+            )
+    if len(lattice) < 2:
+        return
+    measure = np.sqrt(max(np.linalg.det(lattice @ lattice.T), 0.0))
+    if measure <= _DEGENERATE * float(np.prod(lengths)):
+        what = "volume" if len(lattice) == 3 else "area"
+        raise ValueError(
+            f"{source}: the cell is degenerate: its vectors along the periodic axes {axes.tolist()} "
+            f"are linearly dependent ({what} {measure:.3g} Å{'³' if len(lattice) == 3 else '²'}); "
+            f"cell = {np.round(cell, 6).tolist()}"
+        )
+
+
+def _extent(positions: np.ndarray) -> float:
+    """An upper bound of every interatomic distance: the diagonal of the bounding box, Å."""
+    return float(np.linalg.norm(np.ptp(positions, axis=0)))
+
+
+def _orthonormal_complement(lattice: np.ndarray) -> np.ndarray:
+    """``[3 - d, 3]`` orthonormal rows perpendicular to the ``d`` independent rows of ``lattice``."""
+    if len(lattice) == 0:
+        return np.eye(3)
+    _, _, vt = np.linalg.svd(lattice)
+    return vt[len(lattice) :]
+
+
+def _vacuum_cell(cell: np.ndarray, periodic: np.ndarray, length: float) -> np.ndarray:
+    """``cell`` with each non-periodic vector replaced by one of ``length`` Å perpendicular to
+    the periodic vectors and to each other: with ``length`` > cutoff + the atoms' extent, no
+    periodic image along them is within the cutoff, and the whole cell can be periodic."""
+    box = cell.copy()
+    box[~periodic] = length * _orthonormal_complement(cell[periodic])
+    return box
 
 
 def edge_vectors(
@@ -94,9 +261,10 @@ def edge_vectors(
 
 def structure_arrays(atoms: ase.Atoms, source: str = "structure") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``positions [N, 3]`` Å (float64), ``cell [3, 3]`` Å and ``pbc [3]`` (bool) of ``atoms``,
-    checked: at least one atom, finite positions, a non-zero cell vector along every periodic
-    axis (ValueError naming ``source`` otherwise). Positions and cell are the atoms' own arrays
-    where their dtype allows (no copy): read them, do not modify them."""
+    checked: at least one atom, finite positions, finite, non-zero and linearly independent
+    cell vectors along the periodic axes (ValueError naming ``source`` otherwise). Positions
+    and cell are the atoms' own arrays where their dtype allows (no copy): read them, do not
+    modify them."""
     positions = np.asarray(atoms.arrays["positions"], dtype=np.float64)  # a view: callers only read it
     if len(positions) == 0:
         raise ValueError(f"{source}: the structure has no atoms")
@@ -105,9 +273,7 @@ def structure_arrays(atoms: ase.Atoms, source: str = "structure") -> tuple[np.nd
         raise ValueError(f"{source}: non-finite positions (NaN or inf) at atom indices {bad.tolist()}")
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     pbc = np.asarray(atoms.pbc, dtype=bool)
-    for axis in np.nonzero(pbc)[0]:
-        if np.linalg.norm(cell[axis]) == 0:
-            raise ValueError(f"{source}: periodic along axis {axis} but the cell vector is zero")
+    _check_cell(cell, pbc, source)
     return positions, cell, pbc
 
 
@@ -118,6 +284,7 @@ def atoms_to_graph(
     *,
     dtype: torch.dtype = torch.float32,
     on_isolated: Literal["error", "ignore"] = "error",
+    min_distance: float = DEFAULT_MIN_DISTANCE,
     source: str = "structure",
     neighbour_list: vesin.NeighborList | None = None,
 ) -> Data:
@@ -132,6 +299,9 @@ def atoms_to_graph(
         on_isolated: ``"error"`` raises :class:`IsolatedAtomError` if an atom has no
             neighbour within the cutoff (a model cannot learn its environment);
             ``"ignore"`` keeps such atoms (for example isolated-atom reference energies).
+        min_distance: the smallest distance, Å, two atoms may have (periodic images
+            included); a closer pair raises :class:`CloseAtomsError` naming both atoms and
+            their distance. 0 turns the check off. Default :data:`DEFAULT_MIN_DISTANCE`.
         source: a description of where the structure came from, used in error messages
             (for example ``"train.xyz, frame 12"``).
         neighbour_list: a vesin ``NeighborList`` of this cutoff to reuse (see :func:`radius_graph`).
@@ -139,13 +309,25 @@ def atoms_to_graph(
     Returns:
         ``Data`` with ``pos [N,3]``, ``z [N]``, ``cell [1,3,3]``, ``pbc [1,3]``,
         ``edge_index [2,E]``, ``edge_shift [E,3]`` and the labels given.
+
+    Raises:
+        ValueError: the structure or a label is malformed (see :func:`structure_arrays`
+            and :func:`radius_graph`); :class:`CloseAtomsError` and
+            :class:`IsolatedAtomError` are ValueErrors too. Every message names ``source``.
     """
-    if cutoff < 0 or not np.isfinite(cutoff):
-        raise ValueError(f"cutoff must be a number of Å >= 0 (0: no edges), got {cutoff!r}")
+    cutoff = _check_cutoff(cutoff)
+    min_distance = _check_cutoff(min_distance, "min_distance", "0: no check")
     if on_isolated not in ("error", "ignore"):
         raise ValueError(f"on_isolated must be 'error' or 'ignore', got {on_isolated!r}")
     positions, cell, pbc = structure_arrays(atoms, source)
-    edge_index, shifts = radius_graph(positions, cell, pbc, cutoff, neighbour_list)
+    edge_index, shifts = radius_graph(positions, cell, pbc, cutoff, neighbour_list, source=source)
+
+    if min_distance > 0:
+        if cutoff >= min_distance:
+            near_index, near_shifts = edge_index, shifts
+        else:  # the graph does not reach as far as the check: a short list of its own
+            near_index, near_shifts = radius_graph(positions, cell, pbc, min_distance, source=source)
+        _check_min_distance(positions, cell, near_index, near_shifts, min_distance, source)
 
     if on_isolated == "error" and len(atoms) > 1:
         has_neighbour = np.zeros(len(atoms), dtype=bool)
@@ -169,6 +351,48 @@ def atoms_to_graph(
     for name, value in (labels or {}).items():
         setattr(data, name, _label_tensor(name, value, len(atoms), dtype, source))
     return data
+
+
+def _check_min_distance(
+    positions: np.ndarray,
+    cell: np.ndarray,
+    edge_index: np.ndarray,
+    shifts: np.ndarray,
+    min_distance: float,
+    source: str,
+) -> None:
+    """:class:`CloseAtomsError` naming the closest pair if an edge is shorter than
+    ``min_distance``; the edges must cover every pair closer than ``min_distance``."""
+    if edge_index.shape[1] == 0:
+        return
+    j, i = edge_index
+    vectors = positions[j] - positions[i]
+    moved = shifts.any(axis=1)
+    if moved.any():
+        vectors[moved] += shifts[moved] @ cell
+    lengths = np.linalg.norm(vectors, axis=1)
+    close = lengths < min_distance
+    if not close.any():
+        return
+    # the closest pair; among equals the first (i < j) in index order
+    candidates = np.nonzero(lengths == lengths[close].min())[0]
+    k = candidates[np.lexsort((j[candidates], i[candidates]))][0]
+    first, second, distance, shift = int(i[k]), int(j[k]), float(lengths[k]), shifts[k]
+    if first == second:
+        what = f"atom {first} is {distance:.4g} Å from its own periodic image (lattice shift {shift.tolist()})"
+    elif shift.any():
+        what = (
+            f"atoms {first} and {second} (its periodic image at lattice shift {shift.tolist()}) "
+            f"are {distance:.4g} Å apart"
+        )
+    else:
+        what = f"atoms {first} and {second} are {distance:.4g} Å apart"
+    pairs = int(close.sum()) // 2
+    others = f" ({pairs} pairs closer than that)" if pairs > 1 else ""
+    raise CloseAtomsError(
+        f"{source}: {what}, closer than min_distance={min_distance:g} Å{others}: coincident or "
+        "overlapping atoms; fix the structure, or lower min_distance (0 turns the check off)"
+    )
 
 
 def _label_tensor(name: str, value, n_atoms: int, dtype: torch.dtype, source: str) -> torch.Tensor:

@@ -137,7 +137,7 @@ class AtomsDataModule(pl.LightningDataModule):
 
     The files of ``val_path`` and ``test_path`` are read like ``path`` (anything ASE reads,
     ASE's frame selection such as ``val.xyz@-50:`` included) with the same label keys,
-    ``require``, ``dtype`` and ``on_isolated``, and their graphs are cached the same way. They
+    ``require``, ``dtype``, ``on_isolated`` and ``min_distance``, and their graphs are cached the same way. They
     must carry every label the training data has (a missing one is an error naming the file
     and the key); species absent from the training data are allowed here.
 
@@ -173,6 +173,9 @@ class AtomsDataModule(pl.LightningDataModule):
             ``{trainer.default_root_dir}/data``.
         dtype: floating dtype of the graphs, ``float32`` or ``float64``.
         on_isolated: ``error`` or ``ignore`` atoms with no neighbour within the cutoff.
+        min_distance: the smallest distance, Å, two atoms of a frame may have (periodic images
+            included); a closer pair is an error naming the file, the frame and both atoms.
+            0 turns the check off. Default 0.1 Å, as ``AtomsDataset``.
 
     After ``setup``: ``train_set``, ``val_set``, ``test_set`` (None without a test set),
     ``statistics`` (a ``DatasetStatistics`` of the training set), ``dataset`` (the graphs of
@@ -203,6 +206,7 @@ class AtomsDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         dtype: Literal["float32", "float64"] = "float32",
         on_isolated: Literal["error", "ignore"] = "error",
+        min_distance: float = 0.1,
     ) -> None:
         super().__init__()
         given = [name for name, value in (("generator", generator), ("path", path), ("sample", sample)) if value]
@@ -213,6 +217,8 @@ class AtomsDataModule(pl.LightningDataModule):
             )
         if not (cutoff > 0):
             raise ValueError(f"data.cutoff must be a positive number of Å, got {cutoff!r}")
+        if not (min_distance >= 0):
+            raise ValueError(f"data.min_distance must be a number of Å >= 0 (0: no check), got {min_distance!r}")
         if generator is not None and "name" not in generator:
             raise ValueError(f"data.generator needs a 'name' key, got {sorted(generator)}")
         resolved_split = _resolve_split(split, val_path, test_path)
@@ -236,6 +242,7 @@ class AtomsDataModule(pl.LightningDataModule):
         self.cache_dir = cache_dir
         self.dtype = getattr(torch, dtype)
         self.on_isolated = on_isolated
+        self.min_distance = float(min_distance)
         self.dataset = None
         self.train_set = self.val_set = self.test_set = None
         self.statistics = None
@@ -322,6 +329,7 @@ class AtomsDataModule(pl.LightningDataModule):
             dtype=self.dtype,
             cache_dir=self._cache_dir(),
             on_isolated=self.on_isolated,
+            min_distance=self.min_distance,
         )
 
     def _file_graphs(self, key: str, path: str) -> AtomsDataset:
