@@ -288,7 +288,7 @@ def test_feature_models_reject_batches_of_other_sizes(rng):
 
 def test_pair_nn_rejects_species_it_was_not_built_for(rng):
     model = PairNN(3.0, species=[1, 6]).double()
-    with pytest.raises(ValueError, match=r"\[7, 8\] are not in species"):
+    with pytest.raises(ValueError, match=r"\[7, 8\] not known to PairNN.*\[1, 6\]"):
         model(graph(random_positions(rng, 5), SPECIES))
 
 
