@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Sequence
 
@@ -112,14 +113,41 @@ class EquimolCalculator(Calculator):
         ).to(self.backend.device)
         out = self.backend.compute(graph, compute_stress=want_stress)
         energy = out[K.ENERGY].double().sum().item()
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "forces": out[K.FORCES].cpu().numpy().astype(np.float64),
-        }
-        if want_stress:
-            stress = out[K.STRESS].cpu().double().numpy().reshape(3, 3)
-            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        forces = out[K.FORCES].cpu().numpy().astype(np.float64)
+        stress = full_3x3_to_voigt_6_stress(out[K.STRESS].cpu().double().numpy().reshape(3, 3)) if want_stress else None
+        if not (math.isfinite(energy) and np.isfinite(forces).all() and (stress is None or np.isfinite(stress).all())):
+            raise _non_finite_error(self.atoms, energy, forces, stress, out.get(K.PER_ATOM_ENERGY))
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces}
+        if stress is not None:
+            self.results["stress"] = stress
+
+
+def _non_finite_error(atoms: ase.Atoms, energy: float, forces: np.ndarray, stress: np.ndarray | None,
+                      per_atom: torch.Tensor | None) -> ValueError:
+    """The error for a result that is not finite, naming the property and the atoms: no NaN
+    may reach a dynamics or an optimizer as a result (ASE would carry on with it)."""
+    symbols = atoms.get_chemical_symbols()
+
+    def listed(indices: list[int]) -> str:
+        shown = ", ".join(f"{i} ({symbols[i]})" for i in indices[:10])
+        return shown + (f" and {len(indices) - 10} more" if len(indices) > 10 else "")
+
+    where = f"{atoms.get_chemical_formula()} ({len(atoms)} atoms)"
+    hint = "; atoms far closer than in the training data, or weights that are not finite, are the usual causes"
+    rows = np.flatnonzero(~np.isfinite(forces).all(axis=1)).tolist()
+    if not math.isfinite(energy):
+        bad = [] if per_atom is None else torch.nonzero(~torch.isfinite(per_atom.detach().reshape(-1)))
+        bad = bad if isinstance(bad, list) else bad.reshape(-1).tolist()
+        if bad:
+            detail = f" (from the atoms {listed(bad)})"
+        else:
+            detail = f"; the forces on atoms {listed(rows)} are not finite either" if rows else ""
+        return ValueError(f"EquimolCalculator: the model gave a non-finite energy ({energy}) for {where}{detail}{hint}")
+    if rows:
+        return ValueError(
+            f"EquimolCalculator: the model gave non-finite forces on atoms {listed(rows)} of {where}{hint}"
+        )
+    return ValueError(f"EquimolCalculator: the model gave a non-finite stress ({stress.tolist()}) for {where}{hint}")
 
 
 def _graph_cutoff(requested: float | None, model_cutoff: float) -> float:
