@@ -303,7 +303,34 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     still hold the best epoch, and ``--ckpt_path last`` would resume a killed run from there.
     This subclass writes it whenever it is older than the current step, so a killed run loses at
     most the epoch in progress. Every argument is ``ModelCheckpoint``'s.
+
+    A folder holds the checkpoints of one run (``equimol fit`` refuses to start a new run in a
+    folder that holds checkpoints): a resumed run replaces the folder's ``last.ckpt`` instead of
+    writing ``last-v1.ckpt`` beside it, and keeps one best checkpoint, even when the folder was
+    moved or renamed since (the paths recorded in the checkpoint are read as paths in this
+    folder).
     """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            def moved(path: Any) -> Any:
+                if isinstance(path, str) and path and Path(path).parent == Path(old):
+                    return str(Path(self.dirpath) / Path(path).name)
+                return path
+
+            state_dict = {key: moved(value) for key, value in state_dict.items()}
+            state_dict["best_k_models"] = {moved(path): score for path, score in
+                                           (state_dict.get("best_k_models") or {}).items()}
+            state_dict["dirpath"] = self.dirpath
+        super().load_state_dict(state_dict)
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if self.save_last and trainer.ckpt_path is not None and not self.last_model_path:
+            own = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+            if self.file_exists(own, trainer):
+                self.last_model_path = own
+        super()._save_last_checkpoint(trainer, monitor_candidates)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)

@@ -34,6 +34,7 @@ import inspect
 import json
 import re
 import sys
+import os
 import textwrap
 import warnings
 from collections.abc import Sequence
@@ -63,7 +64,42 @@ def _checkpoint_dir(root: str | None) -> str:
 
 class LogConfigCallback(SaveConfigCallback):
     """Saves the resolved config as ``config.yaml`` in the run folder and logs it to the
-    experiment tracker (``wandb``'s run config), so every run records how it was made."""
+    experiment tracker (``wandb``'s run config), so every run records how it was made.
+
+    Only ``fit`` writes ``config.yaml``, and only once the run is set up (when training
+    starts: the data, the model, a resumed checkpoint and the sanity check have all passed),
+    in one piece: a run that fails before never replaces the folder's config.
+    ``validate``, ``test`` and ``predict`` leave the training run's files as they are.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved or stage == "fit":
+            return  # fit: written in on_train_start
+        if trainer.is_global_zero:
+            self.save_config(trainer, pl_module, stage)
+        self.already_saved = True
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir  # broadcast: every process takes part
+        if trainer.is_global_zero:
+            if self.save_to_log_dir and log_dir is not None:
+                text = self.parser.dump(self.config, skip_none=False)
+                _write_atomically(Path(log_dir) / self.config_filename, text)
+            self.save_config(trainer, pl_module, "fit")
+        self.already_saved = trainer.strategy.broadcast(True)
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file beside it, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         text = self.parser.dump(self.config, skip_none=False, format="yaml")
@@ -144,6 +180,15 @@ def _get(namespace: Any, dotted: str) -> Any:
     for key in dotted.split("."):
         if value is None:
             return None
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the hyperparameters of a checkpoint given by path into the config
+        # (importing the classes they name): check the checkpoint and the run folder first
+        subcommand = self.config.get("subcommand") if hasattr(self.config, "get") else None
+        resolved = _check_checkpoint_path(subcommand, self.config[subcommand]) if subcommand else None
+        super()._parse_ckpt_path()
+        if resolved is not None:  # the run reads exactly the file that was verified
+            self.config[subcommand]["ckpt_path"] = resolved
+
         value = value.get(key) if hasattr(value, "get") else getattr(value, key, None)
     return value
 
@@ -182,6 +227,91 @@ def _run(argv: list[str] | None) -> None:
         # the main parser names the subcommand among what it left over ("unrecognized
         # arguments: fit --trainer.max_epoch 1") and in front of keys ("fit.model")
         subcommand = (argv if argv is not None else sys.argv[1:])[:1]
+_SPECIAL_CKPT = ("best", "hpc")
+
+
+def _class_paths(value: Any) -> list[str]:
+    """The ``class_path`` values inside a parsed config (the classes the user named)."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "class_path" and isinstance(item, str):
+                found.append(item)
+            else:
+                found += _class_paths(item)
+    elif isinstance(value, list):
+        for item in value:
+            found += _class_paths(item)
+    return found
+
+
+def _check_checkpoint_path(subcommand: str, config: Any) -> str | None:
+    """Check the checkpoint a run reads, and the run folder ``fit`` writes, before anything
+    reads the checkpoint or is built; returns the file ``--ckpt_path last`` stands for.
+
+    - ``--weights_only false`` is refused: checkpoints are read as data only.
+    - ``--ckpt_path last`` is resolved (the newest ``last*.ckpt`` of the run's checkpoint folder,
+      Lightning's rule) and, like any path given, verified with
+      :func:`equimol.train.checkpoints.load_checkpoint` (intact, plain data, and naming classes
+      only from equimol, torch, ``EQUIMOL_TRUSTED_MODULES`` and the classes the config names).
+    - ``fit`` keeps one run per folder: a new run (no ``--ckpt_path``) into a checkpoint folder
+      that already holds checkpoints, or a run started from a checkpoint elsewhere into such a
+      folder, is refused with a message naming ``--ckpt_path last`` and a fresh
+      ``trainer.default_root_dir``.
+    """
+    from equimol.train.checkpoints import checkpoints_in, last_checkpoint, load_checkpoint
+
+    if "weights_only" in config:
+        if config["weights_only"] is False:
+            raise ValueError(
+                "weights_only=False is not supported: equimol reads checkpoints as data only "
+                "(weights_only=True), never as pickled code; leave --weights_only out"
+            )
+        config["weights_only"] = True
+    if "ckpt_path" not in config:
+        return None
+    root = _get(config, "trainer.default_root_dir")
+    folder = Path(_get(config, "checkpoint.dirpath") or _checkpoint_dir(root))
+    ckpt = config["ckpt_path"]
+    existing = checkpoints_in(folder) if subcommand == "fit" else []
+    names = ", ".join(path.name for path in existing)
+    fresh = "start a new run in a fresh folder with --trainer.default_root_dir NEW_FOLDER"
+    if Path(folder) != Path(_checkpoint_dir(root)):
+        fresh += " and --checkpoint.dirpath NEW_FOLDER/checkpoints"
+    if ckpt is None:
+        if existing:
+            raise ValueError(
+                f"{folder} already holds the checkpoints of a run ({names}); resume that run with "
+                f"--ckpt_path last, or {fresh}"
+            )
+        return None
+    ckpt = str(ckpt)
+    if ckpt in _SPECIAL_CKPT or "://" in ckpt:
+        return None
+    if ckpt == "last":
+        path = last_checkpoint(folder)
+        if path is None:
+            if existing:
+                raise ValueError(
+                    f"ckpt_path last: {folder} has no last.ckpt, only {names}; resume from one of them "
+                    f"with --ckpt_path {folder}/NAME, or {fresh}"
+                )
+            if subcommand != "fit":
+                raise FileNotFoundError(f"ckpt_path last: {folder} holds no last.ckpt")
+            return None  # nothing to resume yet: the run starts fresh
+    else:
+        path = Path(ckpt)
+    if existing and path.resolve().parent != folder.resolve():
+        raise ValueError(
+            f"{folder} already holds the checkpoints of another run ({names}); to start from {path}, "
+            f"{fresh}; to resume the run of {folder}, use --ckpt_path last"
+        )
+    load_checkpoint(path, trusted_modules=_class_paths(config))
+    return str(path)
+
+
         message = str(error)
         if subcommand:
             name = re.escape(subcommand[0])

@@ -9,6 +9,8 @@ initialises data-dependent parameters; ``model.cutoff`` must match the data's gr
 from __future__ import annotations
 
 import copy
+import io
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -240,17 +242,40 @@ def parity_pairs(prediction: dict[str, torch.Tensor], batch: Data) -> dict[str, 
 
 
 def load_potential(
-    checkpoint_path: str, map_location: str | torch.device = "cpu", model: nn.Module | None = None
+    checkpoint_path: str,
+    map_location: str | torch.device = "cpu",
+    model: nn.Module | None = None,
+    *,
+    trusted_modules: Sequence[str] | None = None,
 ) -> PotentialModule:
     """A :class:`PotentialModule` from a checkpoint written by ``equimol fit`` (or a Trainer).
 
-    The weights are those stored as ``state_dict`` (the EMA weights when the EMA callback
-    was on). A checkpoint of a run started from Python (not from a config) does not record
-    how to build the model: pass an instance of the same architecture as ``model``.
+    The weights are those stored as ``state_dict`` (the EMA weights when the EMA was on). A
+    checkpoint of a run started from Python (not from a config) does not record how to build
+    the model: pass an instance of the same architecture as ``model``.
+
+    The file is read as :func:`equimol.train.checkpoints.load_checkpoint` reads it: verified
+    against its checksums, loaded as data only (``weights_only=True``), and the classes it names
+    are imported only from equimol, torch, the modules of ``EQUIMOL_TRUSTED_MODULES`` and
+    ``trusted_modules``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        equimol.train.checkpoints.CheckpointError: (a ``ValueError``) the file is damaged, not
+            plain data, or names a class outside the trusted modules.
     """
+    from equimol.train.checkpoints import CheckpointError, check_class_paths, read_checkpoint_bytes, torch_load_plain
+
+    raw = read_checkpoint_bytes(checkpoint_path)
+    checkpoint = torch_load_plain(raw, checkpoint_path, map_location)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{checkpoint_path} is not a checkpoint of a Lightning module (it has no state_dict)")
     kwargs = {} if model is None else {"model": model}
+    check_class_paths(checkpoint, checkpoint_path, trusted_modules, ignore=kwargs)
     try:
-        module = PotentialModule.load_from_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
+        module = PotentialModule.load_from_checkpoint(
+            io.BytesIO(raw), map_location=map_location, weights_only=True, **kwargs
+        )
     except TypeError as error:
         if model is None and "model" in str(error):
             raise TypeError(
