@@ -32,9 +32,9 @@ import argparse
 import importlib
 import inspect
 import json
+import os
 import re
 import sys
-import os
 import textwrap
 import warnings
 from collections.abc import Sequence
@@ -60,6 +60,17 @@ DEFAULT_ROOT_DIR = "runs/equimol"
 
 def _checkpoint_dir(root: str | None) -> str:
     return f"{root or '.'}/checkpoints"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file beside it, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 class LogConfigCallback(SaveConfigCallback):
@@ -89,17 +100,6 @@ class LogConfigCallback(SaveConfigCallback):
                 _write_atomically(Path(log_dir) / self.config_filename, text)
             self.save_config(trainer, pl_module, "fit")
         self.already_saved = trainer.strategy.broadcast(True)
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (a temporary file beside it, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         text = self.parser.dump(self.config, skip_none=False, format="yaml")
@@ -169,17 +169,6 @@ class EquimolCLI(LightningCLI):
         parser.add_lightning_class_args(ParityPlot, "parity_plot")
         parser.add_lightning_class_args(LossCurve, "loss_curve")
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        _check_config_cutoffs(config)
-        _default_logger_dir(config)
-
-
-def _get(namespace: Any, dotted: str) -> Any:
-    value = namespace
-    for key in dotted.split("."):
-        if value is None:
-            return None
     def _parse_ckpt_path(self) -> None:
         # Lightning reads the hyperparameters of a checkpoint given by path into the config
         # (importing the classes they name): check the checkpoint and the run folder first
@@ -214,19 +203,6 @@ def _default_logger_dir(config: Any) -> None:
             entry.init_args.save_dir = root or "."
 
 
-def _run(argv: list[str] | None) -> None:
-    """Build and run the CLI on ``argv`` (starting with the subcommand); parse errors raise
-    ``argparse.ArgumentError`` with jsonargparse's message."""
-    try:
-        with warnings.catch_warnings():
-            # the arguments are given explicitly (the equimol command removes its own options
-            # and renames --help_all): Lightning's warning about sys.argv does not apply
-            warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
-            EquimolCLI(args=list(sys.argv[1:] if argv is None else argv))
-    except argparse.ArgumentError as error:
-        # the main parser names the subcommand among what it left over ("unrecognized
-        # arguments: fit --trainer.max_epoch 1") and in front of keys ("fit.model")
-        subcommand = (argv if argv is not None else sys.argv[1:])[:1]
 _SPECIAL_CKPT = ("best", "hpc")
 
 
@@ -312,6 +288,19 @@ def _check_checkpoint_path(subcommand: str, config: Any) -> str | None:
     return str(path)
 
 
+def _run(argv: list[str] | None) -> None:
+    """Build and run the CLI on ``argv`` (starting with the subcommand); parse errors raise
+    ``argparse.ArgumentError`` with jsonargparse's message."""
+    try:
+        with warnings.catch_warnings():
+            # the arguments are given explicitly (the equimol command removes its own options
+            # and renames --help_all): Lightning's warning about sys.argv does not apply
+            warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
+            EquimolCLI(args=list(sys.argv[1:] if argv is None else argv))
+    except argparse.ArgumentError as error:
+        # the main parser names the subcommand among what it left over ("unrecognized
+        # arguments: fit --trainer.max_epoch 1") and in front of keys ("fit.model")
+        subcommand = (argv if argv is not None else sys.argv[1:])[:1]
         message = str(error)
         if subcommand:
             name = re.escape(subcommand[0])
