@@ -178,6 +178,17 @@ class EquimolCLI(LightningCLI):
         if resolved is not None:  # the run reads exactly the file that was verified
             self.config[subcommand]["ckpt_path"] = resolved
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        _check_config_cutoffs(config)
+        _default_logger_dir(config)
+
+
+def _get(namespace: Any, dotted: str) -> Any:
+    value = namespace
+    for key in dotted.split("."):
+        if value is None:
+            return None
         value = value.get(key) if hasattr(value, "get") else getattr(value, key, None)
     return value
 
