@@ -21,6 +21,8 @@ Both are plain LightningModule / LightningDataModule subclasses with typed const
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -133,9 +135,11 @@ class ConfigurationDataModule(pl.LightningDataModule):
         test_fraction: fraction held out for testing.
         batch_size: configurations per batch.
         seed: seed of the generator (``seed + k`` for the k-th gamma) and of the split.
-        cache: optional ``.pt`` file; the generated tensors are stored there and read back
-            on later runs with the same generator name, gammas, arguments and seed (a
-            mismatch regenerates; delete the file after changing the generator's code).
+        cache: optional ``.pt`` file; the generated tensors are stored there (tensors and plain
+            values only, read back with ``weights_only=True``) and read back on later runs
+            with the same generator name, gammas, arguments and seed (a mismatch regenerates;
+            delete the file after changing the generator's code). A file that is damaged or
+            holds other objects is an error naming it; it is never unpickled.
     """
 
     def __init__(
@@ -180,17 +184,49 @@ class ConfigurationDataModule(pl.LightningDataModule):
     def _load(self) -> dict[str, Any]:
         if self.data is not None:
             return self.data
+        key = json.dumps(self._key(), sort_keys=True, default=repr)
         if self.cache and Path(self.cache).is_file():
-            stored = torch.load(self.cache, weights_only=False)
-            if stored.get("key") == self._key():
+            stored = self._read_cache(Path(self.cache))
+            if stored.get("key") == key:
                 self.data = stored["data"]
                 return self.data
         frames = generate_configurations(self.generator, self.gammas, self.generator_kwargs, self.seed)
         self.data = stack_configurations(frames)
         if self.cache:
-            Path(self.cache).parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"key": self._key(), "data": self.data}, self.cache)
+            self._write_cache(Path(self.cache), key, self.data)
         return self.data
+
+    @staticmethod
+    def _read_cache(path: Path) -> dict[str, Any]:
+        """The cache at ``path``: ``{"key": str, "data": {...}}``, tensors and plain values only.
+
+        It is verified and read with ``weights_only=True`` (never as pickled objects, which run
+        code); a damaged file or one holding anything else is an error naming it.
+        """
+        from equimol.train.checkpoints import CheckpointError, read_checkpoint_bytes, torch_load_plain
+
+        kind = "VAE data cache"
+        stored = torch_load_plain(read_checkpoint_bytes(path, kind=kind), path, kind=kind)
+        data = stored.get("data") if isinstance(stored, dict) else None
+        if not isinstance(data, dict) or not isinstance(stored.get("key"), (str, dict)) or not all(
+            isinstance(data.get(name), torch.Tensor) for name in ("pos", "gamma", "temperature")
+        ):
+            raise CheckpointError(f"{path} is not a VAE data cache of equimol; delete it to regenerate the data")
+        return stored
+
+    @staticmethod
+    def _write_cache(path: Path, key: str, data: dict[str, Any]) -> None:
+        """Store ``data`` (tensors and plain numbers) and its ``key`` (a JSON string) whole or not
+        at all (a temporary file beside ``path``, then renamed)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plain = {name: value if isinstance(value, torch.Tensor) else value.item() if hasattr(value, "item") else value
+                 for name, value in data.items()}
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            torch.save({"key": key, "data": plain}, temporary)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
 
     def setup(self, stage: str | None = None) -> None:
         data = self._load()
