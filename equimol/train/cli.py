@@ -111,6 +111,13 @@ class LogConfigCallback(SaveConfigCallback):
                 # synced; a plain copy beside it can be read without wandb.
                 (Path(logger.experiment.dir) / "config.yaml").write_text(text)
 
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Record the W&B run in the checkpoint, for a run resumed from it to continue that run."""
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger.version is not None:
+                checkpoint[WANDB_RUN_KEY] = {"id": str(logger.version)}
+                return
+
 
 class EquimolCLI(LightningCLI):
     """LightningCLI with equimol's defaults: no inference mode (forces need gradients in
@@ -182,6 +189,8 @@ class EquimolCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         _check_config_cutoffs(config)
         _default_logger_dir(config)
+        if self.subcommand == "fit":
+            _resume_wandb(config)
 
 
 def _get(namespace: Any, dotted: str) -> Any:
@@ -335,6 +344,38 @@ def main(argv: list[str] | None = None) -> int:
         print(errors.error_line(" ".join(["equimol", *subcommand]), error), file=sys.stderr)
         raise SystemExit(errors.EXIT_ERROR) from error
     return 0
+
+
+#: Where a checkpoint records the W&B run that wrote it: ``{"id": run id}``.
+WANDB_RUN_KEY = "equimol_wandb"
+
+
+def _resume_wandb(config: Any) -> None:
+    """``fit --ckpt_path``: a ``WandbLogger`` given no ``id`` (or ``version``) of its own continues
+    the W&B run recorded in the checkpoint (Lightning's ``WandbLogger`` opens it with
+    ``resume="allow"``), so a resumed training is one W&B run, not two."""
+    ckpt = _get(config, "ckpt_path")
+    logger = _get(config, "trainer.logger")
+    targets = [
+        entry for entry in (logger if isinstance(logger, list) else [logger])
+        if isinstance(entry, Namespace) and str(_get(entry, "class_path") or "").endswith("WandbLogger")
+        and _get(entry, "init_args.id") is None and _get(entry, "init_args.version") is None
+    ]
+    if ckpt is None or not targets or str(ckpt) in ("best", "hpc", "registry") or "://" in str(ckpt):
+        return
+    path = Path(str(ckpt))
+    if str(ckpt) == "last":
+        folder = _get(config, "checkpoint.dirpath") or _checkpoint_dir(_get(config, "trainer.default_root_dir"))
+        path = Path(folder) / "last.ckpt"
+    try:
+        import torch
+
+        recorded = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(WANDB_RUN_KEY) or {}
+    except Exception:  # no such file yet, or not a checkpoint: Lightning reports it, not this
+        return
+    if recorded.get("id"):
+        for entry in targets:
+            entry.init_args.id = str(recorded["id"])
 
 
 def finish_wandb() -> None:

@@ -17,15 +17,17 @@ import inspect
 import json
 import logging
 import os
+import random
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import ase
 import ase.io
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, RandomSampler
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 from torch_geometric.transforms import BaseTransform
@@ -35,7 +37,8 @@ from equimol import _keys as K
 if TYPE_CHECKING:
     from equimol.data import AtomsDataset
 
-__all__ = ["AtomsDataModule", "generate_cached", "TransformedSubset"]
+__all__ = ["AtomsDataModule", "generate_cached", "TransformedSubset", "EpochSampler", "random_state",
+           "restore_random_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,82 @@ class TransformedSubset(Dataset):
     def __getitem__(self, index: int) -> Data:
         data = self.dataset[self.indices[index]]
         return data if self.transform is None else self.transform(data.clone())
+
+
+class EpochSampler(RandomSampler):
+    """The order of the training set in each epoch: a permutation drawn from ``seed + epoch``
+    alone (the rule of ``DistributedSampler``), never from the global random state.
+
+    A run resumed from a checkpoint therefore visits the structures in exactly the order the
+    uninterrupted run would have. Lightning calls :meth:`set_epoch` before every epoch; under
+    DDP it replaces this sampler (a ``RandomSampler``) by a ``DistributedSampler``, which
+    follows the same rule with the seed of ``seed_everything``.
+    """
+
+    def __init__(self, data_source: Sequence[Any], seed: int) -> None:
+        super().__init__(data_source)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def order(self, epoch: int | None = None) -> list[int]:
+        """The positions of the training set, in the order of ``epoch`` (default: the current one)."""
+        generator = torch.Generator().manual_seed(self.seed + (self.epoch if epoch is None else int(epoch)))
+        return torch.randperm(len(self.data_source), generator=generator).tolist()
+
+    def __iter__(self):
+        return iter(self.order())
+
+
+def _own_generators(transforms: Sequence[Any]) -> list[np.random.Generator]:
+    """The NumPy generators of the random transforms in ``transforms`` (``Compose`` included)."""
+    found = []
+    for transform in transforms:
+        inner = getattr(transform, "transforms", None)
+        if isinstance(inner, (list, tuple)):
+            found += _own_generators(inner)
+            continue
+        generator = getattr(transform, "generator", None)
+        if isinstance(generator, np.random.Generator):
+            found.append(generator)
+    return found
+
+
+def random_state(transforms: Sequence[Any] = ()) -> dict[str, Any]:
+    """Every random state of this process, as plain data a checkpoint can hold: Python's,
+    NumPy's global, torch's CPU and (when CUDA is in use) CUDA generators, and the own
+    generators of ``transforms``."""
+    name, key, position, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(position),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+        "transforms": [generator.bit_generator.state for generator in _own_generators(transforms)],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_random_state(state: dict[str, Any], transforms: Sequence[Any] = ()) -> None:
+    """Set the random states saved by :func:`random_state` (those it holds)."""
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        saved = state["numpy"]
+        key = np.asarray(saved["key"].numpy() if isinstance(saved["key"], torch.Tensor) else saved["key"])
+        np.random.set_state((saved["name"], key.astype(np.uint32), saved["pos"], saved["has_gauss"], saved["gauss"]))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda"]):
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generators = _own_generators(transforms)
+    for generator, saved in zip(generators, state.get("transforms", []), strict=False):
+        generator.bit_generator.state = saved
 
 
 def _global_seed() -> int:
@@ -383,16 +462,52 @@ class AtomsDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset | None, shuffle: bool, batch_size: int, name: str) -> DataLoader:
         if dataset is None:
             raise ValueError(f"data: no {name} set; give data.test_path or three entries in data.split")
+        sampler = None
+        if shuffle:  # an order that depends on (seed, epoch) alone: see EpochSampler
+            seed = self.seed if self.seed is not None else _global_seed()
+            sampler = self._train_sampler = EpochSampler(dataset, seed)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True, self.batch_size, "training")
+
+    # ---------------------------------------------------------- random state, provenance
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the data module: every random state of the process
+        (:func:`random_state`, the training transforms' generators included), so that a run
+        resumed from it draws the random numbers (augmentations, dropout) the uninterrupted
+        run drew. The training order needs none of them (:class:`EpochSampler`). Exact with
+        ``num_workers: 0``; worker processes are seeded afresh when a run resumes."""
+        return {"random_state": random_state(self.train_transforms)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "random_state" in state_dict:
+            restore_random_state(state_dict["random_state"], self.train_transforms)
+
+    def batch_frames(self, stage: str, batch_idx: int) -> list[tuple[str, int]] | None:
+        """``(source, frame)`` of each structure of batch ``batch_idx`` of the current training
+        epoch (``stage="train"``) or of the validation or test set, in batch order: the file the
+        set was read from and the frame's index in it. None when this module cannot tell (the
+        trainer replaced the training sampler, as DDP does)."""
+        if self.split_indices is None or stage not in self.split_indices:
+            return None
+        if stage == "train":
+            sampler = getattr(self, "_train_sampler", None)
+            loader = self.trainer.train_dataloader if self._trainer_attached() else None
+            if sampler is None or (loader is not None and getattr(loader, "sampler", None) is not sampler):
+                return None
+            positions = sampler.order()[batch_idx * self.batch_size:(batch_idx + 1) * self.batch_size]
+        else:
+            size = self.eval_batch_size
+            positions = range(batch_idx * size, min((batch_idx + 1) * size, len(self.split_indices[stage])))
+        indices, source = self.split_indices[stage], self.sources[stage]
+        return [(source, indices[position]) for position in positions]
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, False, self.eval_batch_size, "validation")
