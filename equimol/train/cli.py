@@ -11,6 +11,8 @@ key                callback
 ``checkpoint``     :class:`equimol.train.callbacks.BestAndLastCheckpoint`: best (by ``val/loss``) and last in
                    ``{trainer.default_root_dir}/checkpoints``
 ``ema``            :class:`equimol.train.callbacks.EMA`, moving average of the weights
+``non_finite``     :class:`equimol.train.guards.NonFiniteGuard`: stop at the first NaN or infinite
+                   loss or gradient (an error naming epoch, step and frames); never save such weights
 ``early_stopping`` ``EarlyStopping`` on ``val/loss``
 ``lr_monitor``     ``LearningRateMonitor`` (skipped without a logger)
 ``parity_plot``    :class:`equimol.train.callbacks.ParityPlot`
@@ -50,6 +52,7 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 
 from equimol import _cli_errors as errors
 from equimol.train.callbacks import EMA, BestAndLastCheckpoint, LearningRateLogger, LossCurve, ParityPlot
+from equimol.train.guards import NonFiniteGuard
 from equimol.train.module import check_cutoffs
 
 __all__ = ["EquimolCLI", "main", "fit_main", "validate_main", "test_main", "predict_main", "finish_wandb",
@@ -163,6 +166,7 @@ class EquimolCLI(LightningCLI):
         })
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
         parser.add_lightning_class_args(EMA, "ema")
+        parser.add_lightning_class_args(NonFiniteGuard, "non_finite")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults({
             "early_stopping.monitor": "val/loss",
@@ -439,6 +443,7 @@ _GROUPS = {
     "trainer": "Lightning's Trainer",
     "checkpoint": "best and last checkpoints",
     "ema": "moving average of the weights",
+    "non_finite": "stop at the first NaN or infinite loss or gradient",
     "early_stopping": "stop when val/loss stops improving",
     "lr_monitor": "learning rate per epoch",
     "parity_plot": "parity plots",
