@@ -199,7 +199,9 @@ class NonFiniteGuard(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        # a module that computes its loss without a backward pass through the trainer
+        # a module that optimizes by hand: its loss is seen here, after its own steps
+        if getattr(pl_module, "automatic_optimization", True):
+            return  # checked before the backward pass
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor) and self._any_rank(trainer, not _finite(loss)):
             raise NonFiniteError(
@@ -213,7 +215,11 @@ class NonFiniteGuard(Callback):
         named = [(name, p.grad) for name, p in pl_module.named_parameters() if p.grad is not None]
         if not named:
             return
-        flags = torch.stack([torch.isfinite(grad).all() for _, grad in named]).cpu()
+        grads = [grad.detach() for _, grad in named]
+        try:  # the largest |g| of each tensor in one fused call: NaN or inf exactly when one is there
+            flags = torch.isfinite(torch.stack(torch._foreach_norm(grads, float("inf")))).cpu()
+        except (AttributeError, RuntimeError, TypeError):
+            flags = torch.stack([torch.isfinite(grad).all() for grad in grads]).cpu()
         if not self._any_rank(trainer, not bool(flags.all())):
             return
         bad = [name for (name, _), ok in zip(named, flags.tolist(), strict=True) if not ok]
