@@ -19,6 +19,7 @@ import ase
 import numpy as np
 import torch
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io.formats import string2index
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 from torch_geometric.data.collate import collate
@@ -26,7 +27,14 @@ from torch_geometric.data.separate import separate
 
 from equimol import _keys as K
 from equimol.data.graph import DEFAULT_MIN_DISTANCE, atoms_to_graph
-from equimol.data.io import MissingKeyError, frame_info_values, frame_labels, parse_source, read_frames
+from equimol.data.io import (
+    MissingKeyError,
+    _frame_in_file,
+    frame_info_values,
+    frame_labels,
+    parse_source,
+    read_frames,
+)
 
 __all__ = ["AtomsDataset"]
 
@@ -176,7 +184,7 @@ class AtomsDataset(Dataset):
     def _build(self, frames: list[ase.Atoms]) -> list[Data]:
         graphs = []
         for number, atoms in enumerate(frames):
-            where = f"{self._name}, frame {number}"
+            where = self._name + self._frame_name(number)
             labels = frame_labels(atoms, self._keys, require=self._require, source=where)
             data = atoms_to_graph(
                 atoms,
@@ -200,6 +208,14 @@ class AtomsDataset(Dataset):
                     f"{name}_key=None to leave it out"
                 )
         return graphs
+
+    def _frame_name(self, number: int) -> str:
+        """``", frame 12"``: frame ``number`` of the list, or of the file where the frame
+        selection tells which (``"-100:"`` does not: then the number within the selection)."""
+        if self._path is None:
+            return f", frame {number}"
+        selection = string2index(self._index) if isinstance(self._index, str) else self._index
+        return _frame_in_file(selection, number)
 
     def _cache_stem(self) -> str:
         return self._path.stem if self._path is not None else "frames"

@@ -89,9 +89,10 @@ def radius_graph(
         cutoff: radius in Å; pairs with distance < cutoff are connected. 0 gives no edges.
         neighbour_list: a full vesin ``NeighborList`` of this cutoff to reuse (it keeps its
             buffers between calls: for many small structures in a row, as in MD); default a
-            new one.
+            new one, as when the search needs another radius (see the module docstring).
         source: where the structure came from, for error messages.
-        max_edges: the most edges the graph may have (see :func:`estimated_edge_count`).
+        max_edges: the most edges the graph may have (see :func:`estimated_edge_count`),
+            and the most steps the neighbour search may take.
 
     Returns:
         edge_index: [2, E] int64, row 0 the neighbour j, row 1 the centre i.
@@ -101,8 +102,10 @@ def radius_graph(
 
     Raises:
         ValueError: a negative or non-finite cutoff, a degenerate cell (periodic vectors that
-            are zero or linearly dependent), or a cutoff that would give more than
-            ``max_edges`` edges; the message names ``source``.
+            are zero or linearly dependent), a cutoff that would give more than ``max_edges``
+            edges, or atoms so spread out (an atom 1e30 Å away, or a million cells away from
+            a periodic cell) that no neighbour search could cover them; the message names
+            ``source``.
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     cell = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
@@ -119,22 +122,44 @@ def radius_graph(
             f"{max_edges:.2g} one graph may have; use a smaller cutoff (the model's, a few Å)"
         )
 
-    radius, box, box_pbc = cutoff, cell, [bool(p) for p in periodic]
     extent = _extent(positions)
     if not periodic.any():
+        box, box_pbc, points, wraps = cell, [False, False, False], positions, None
         # every pair is within `extent`: a larger search radius finds the same pairs, slower
-        if cutoff > 2.0 * (extent + _MARGIN):
-            radius = extent + _MARGIN
-    elif not periodic.all():
-        box, box_pbc = _vacuum_cell(cell, periodic, cutoff + extent + _MARGIN), [True, True, True]
-    if neighbour_list is None or float(neighbour_list.cutoff) != radius:
-        neighbour_list = vesin.NeighborList(cutoff=radius, full_list=True)
-    i, j, shifts = neighbour_list.compute(positions, box, box_pbc, "ijS")
-    shifts = shifts.astype(np.int64)
+        radius = extent + _MARGIN if cutoff > 2.0 * (extent + _MARGIN) else cutoff
+        # vesin's bins span the bounding box (widened by 1 %, at least 1 Å wide)
+        faces = np.maximum(1.01 * np.ptp(positions, axis=0), 1.01)
+        fractional = (positions - positions.min(axis=0)) / faces
+    else:
+        box = cell if periodic.all() else _vacuum_cell(cell, periodic, positions, cutoff)
+        box_pbc, radius = [True, True, True], cutoff
+        points, wraps, fractional = _wrap(positions, box, source)
+        faces = _heights(box)
+    search = _search_radius(faces, radius)
+    work = _search_steps(faces, search)
+    if search > radius:  # a very long or flat box: vesin's bins must be wider than the cutoff
+        pairs = max(_same_bin_pairs(fractional, faces, search), estimated_edge_count(points, box, box_pbc, search))
+        work = max(work, pairs)
+    if work > max_edges:
+        raise ValueError(
+            f"{source}: the atoms are too spread out for a neighbour list: they span "
+            f"{extent:.3g} Å ({len(positions)} atoms, cutoff {cutoff:g} Å), and a search over "
+            f"them would take about {work:.2g} steps; is an atom far out of place?"
+        )
+    if neighbour_list is None or float(neighbour_list.cutoff) != search:
+        neighbour_list = vesin.NeighborList(cutoff=search, full_list=True)
+    if search > cutoff:
+        i, j, shifts, distances = neighbour_list.compute(points, box, box_pbc, "ijSd")
+        keep = distances < cutoff
+        i, j, shifts = i[keep], j[keep], shifts[keep]
+    else:
+        i, j, shifts = neighbour_list.compute(points, box, box_pbc, "ijS")
+    i, j, shifts = i.astype(np.int64), j.astype(np.int64), shifts.astype(np.int64)
+    if wraps is not None:  # from the wrapped positions back to the positions as given
+        shifts += wraps[i] - wraps[j]
     if (~periodic).any() and shifts[:, ~periodic].any():  # impossible: the vacuum is wide enough
         raise RuntimeError(f"{source}: the neighbour list gave a lattice shift along a non-periodic axis")
-    edge_index = np.stack([j.astype(np.int64), i.astype(np.int64)])
-    return edge_index, shifts
+    return np.stack([j, i]), shifts
 
 
 def estimated_edge_count(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray | bool, cutoff: float) -> float:
@@ -150,80 +175,26 @@ def estimated_edge_count(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarra
     cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
     periodic = np.array(np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
     n = float(len(positions))
-    r = float(cutoff)
-    sphere = 4.0 / 3.0 * np.pi * r**3
+    r = np.float64(cutoff)
+    with np.errstate(over="ignore"):  # a cutoff of 1e300 Å: infinitely many edges
+        sphere = 4.0 / 3.0 * np.pi * r**3
     lattice = cell[periodic]
     d = len(lattice)
-    measure = float(np.sqrt(max(np.linalg.det(lattice @ lattice.T), 0.0))) if d else 1.0
+    measure = _measure(lattice)
     if measure == 0.0:
         return np.inf
-    if d == 3:
-        return n * n / measure * sphere
-    ball = (1.0, 2.0 * r, np.pi * r**2)[d]
-    by_images = n * n * ball / measure
+    with np.errstate(over="ignore"):
+        if d == 3:
+            return float(n * n / measure * sphere)
+        ball = (1.0, 2.0 * r, np.pi * r**2)[d]
+        by_images = n * n * ball / measure
     complement = _orthonormal_complement(lattice)
     spans = np.ptp(positions @ complement.T, axis=0) if len(positions) else np.zeros(3 - d)
     region = measure * float(np.prod(spans))
-    by_density = n * n / region * sphere if region > 0 else np.inf
-    estimate = min(by_images, by_density)
+    with np.errstate(over="ignore"):
+        by_density = n * n / region * sphere if region > 0 else np.inf
+    estimate = float(min(by_images, by_density))
     return min(estimate, n * (n - 1.0)) if d == 0 else estimate
-
-
-def _check_cutoff(cutoff: float, name: str = "cutoff", meaning: str = "0: no edges") -> float:
-    try:
-        value = float(cutoff)
-    except (TypeError, ValueError):
-        value = np.nan
-    if not (np.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a number of Å >= 0 ({meaning}), got {cutoff!r}")
-    return value
-
-
-def _check_cell(cell: np.ndarray, periodic: np.ndarray, source: str) -> None:
-    """ValueError naming ``source`` unless the periodic cell vectors are finite, non-zero and
-    linearly independent (the non-periodic ones are not used)."""
-    lattice = cell[periodic]
-    if not np.isfinite(lattice).all():
-        raise ValueError(f"{source}: the cell has non-finite (NaN or inf) vectors along periodic axes")
-    lengths = np.linalg.norm(lattice, axis=1)
-    axes = np.nonzero(periodic)[0]
-    for axis, length in zip(axes, lengths, strict=True):
-        if length == 0:
-            raise ValueError(
-                f"{source}: the cell is degenerate: periodic along axis {axis} but the cell vector is zero"
-            )
-    if len(lattice) < 2:
-        return
-    measure = np.sqrt(max(np.linalg.det(lattice @ lattice.T), 0.0))
-    if measure <= _DEGENERATE * float(np.prod(lengths)):
-        what = "volume" if len(lattice) == 3 else "area"
-        raise ValueError(
-            f"{source}: the cell is degenerate: its vectors along the periodic axes {axes.tolist()} "
-            f"are linearly dependent ({what} {measure:.3g} Å{'³' if len(lattice) == 3 else '²'}); "
-            f"cell = {np.round(cell, 6).tolist()}"
-        )
-
-
-def _extent(positions: np.ndarray) -> float:
-    """An upper bound of every interatomic distance: the diagonal of the bounding box, Å."""
-    return float(np.linalg.norm(np.ptp(positions, axis=0)))
-
-
-def _orthonormal_complement(lattice: np.ndarray) -> np.ndarray:
-    """``[3 - d, 3]`` orthonormal rows perpendicular to the ``d`` independent rows of ``lattice``."""
-    if len(lattice) == 0:
-        return np.eye(3)
-    _, _, vt = np.linalg.svd(lattice)
-    return vt[len(lattice) :]
-
-
-def _vacuum_cell(cell: np.ndarray, periodic: np.ndarray, length: float) -> np.ndarray:
-    """``cell`` with each non-periodic vector replaced by one of ``length`` Å perpendicular to
-    the periodic vectors and to each other: with ``length`` > cutoff + the atoms' extent, no
-    periodic image along them is within the cutoff, and the whole cell can be periodic."""
-    box = cell.copy()
-    box[~periodic] = length * _orthonormal_complement(cell[periodic])
-    return box
 
 
 def edge_vectors(
@@ -415,3 +386,143 @@ def _label_tensor(name: str, value, n_atoms: int, dtype: torch.dtype, source: st
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{source}: label {name!r} contains NaN or inf")
     return torch.tensor(array, dtype=dtype)
+
+
+# -- checks and the neighbour search's geometry ----------------------------------------
+
+
+def _check_cutoff(cutoff: float, name: str = "cutoff", meaning: str = "0: no edges") -> float:
+    try:
+        value = float(cutoff)
+    except (TypeError, ValueError):
+        value = np.nan
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a number of Å >= 0 ({meaning}), got {cutoff!r}")
+    return value
+
+
+def _check_cell(cell: np.ndarray, periodic: np.ndarray, source: str) -> None:
+    """ValueError naming ``source`` unless the periodic cell vectors are finite, non-zero and
+    linearly independent (the non-periodic ones are not used)."""
+    lattice = cell[periodic]
+    if not np.isfinite(lattice).all():
+        raise ValueError(f"{source}: the cell has non-finite (NaN or inf) vectors along periodic axes")
+    lengths = np.linalg.norm(lattice, axis=1)
+    axes = np.nonzero(periodic)[0]
+    for axis, length in zip(axes, lengths, strict=True):
+        if length == 0:
+            raise ValueError(
+                f"{source}: the cell is degenerate: periodic along axis {axis} but the cell vector is zero"
+            )
+    if len(lattice) < 2:
+        return
+    measure = _measure(lattice)
+    if measure <= _DEGENERATE * float(np.prod(lengths)):
+        what = "volume" if len(lattice) == 3 else "area"
+        raise ValueError(
+            f"{source}: the cell is degenerate: its vectors along the periodic axes {axes.tolist()} "
+            f"are linearly dependent ({what} {measure:.3g} Å{'³' if len(lattice) == 3 else '²'}); "
+            f"cell = {np.round(cell, 6).tolist()}"
+        )
+
+
+def _measure(lattice: np.ndarray) -> float:
+    """The d-volume spanned by the ``d`` rows of ``lattice``: 1, a length, an area or a volume."""
+    if len(lattice) == 0:
+        return 1.0
+    if len(lattice) == 1:
+        return float(np.linalg.norm(lattice[0]))
+    if len(lattice) == 2:
+        return float(np.linalg.norm(np.cross(lattice[0], lattice[1])))
+    return float(abs(np.linalg.det(lattice)))
+
+
+def _extent(positions: np.ndarray) -> float:
+    """An upper bound of every interatomic distance: the diagonal of the bounding box, Å."""
+    return float(np.linalg.norm(np.ptp(positions, axis=0)))
+
+
+def _orthonormal_complement(lattice: np.ndarray) -> np.ndarray:
+    """``[3 - d, 3]`` orthonormal rows perpendicular to the ``d`` independent rows of ``lattice``."""
+    if len(lattice) == 0:
+        return np.eye(3)
+    _, _, vt = np.linalg.svd(lattice)
+    return vt[len(lattice) :]
+
+
+# vesin bins a box into at most 1e5 cells, and fails (a division by zero that ends the
+# process) when it has to share them out over a very long or very flat box; keeping under
+# half of that, it never has to.
+_MAX_BINS = 5e4
+# Atoms farther than this many cells from the cell are broken data, and beyond 2**31 cells
+# vesin's bin indices overflow.
+_MAX_WRAPS = 1e6
+
+
+def _heights(box: np.ndarray) -> np.ndarray:
+    """The distances between opposite faces of a (non-degenerate) cell, Å."""
+    volume = abs(np.linalg.det(box))
+    return np.array([volume / np.linalg.norm(np.cross(box[(k + 1) % 3], box[(k + 2) % 3])) for k in range(3)])
+
+
+def _wrap(positions: np.ndarray, box: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions moved into the cell ``box`` (periodic along all axes), the integer number of
+    cell vectors each was moved by, and the fractional coordinates after the move."""
+    fractional = np.linalg.solve(box.T, positions.T).T
+    wraps = np.floor(fractional)
+    far = np.abs(wraps).max(axis=1)
+    if far.max() > _MAX_WRAPS:
+        atom = int(np.argmax(far))
+        raise ValueError(
+            f"{source}: atom {atom} lies {far[atom]:.3g} cell lengths away from the cell "
+            f"(position {positions[atom].tolist()} Å); is it far out of place?"
+        )
+    return positions - wraps @ box, wraps.astype(np.int64), fractional - wraps
+
+
+def _bins(faces: np.ndarray, radius: float) -> np.ndarray:
+    """vesin's number of bins along each axis of a box, before it caps their total."""
+    with np.errstate(over="ignore"):  # a cutoff of 1e-300 Å: as many bins as there are
+        return np.clip(np.floor(faces / radius), 1.0, 1e30)
+
+
+def _search_radius(faces: np.ndarray, radius: float) -> float:
+    """The smallest radius >= ``radius`` for which the box, of face distances ``faces``, has
+    at most ``_MAX_BINS`` bins of vesin's (bins are at least a radius wide)."""
+    if np.prod(_bins(faces, radius)) <= _MAX_BINS:
+        return radius
+    low, high = radius, float(faces.max())  # one bin at `high`
+    while high > low * (1.0 + 1e-9):
+        middle = float(np.sqrt(low * high))
+        if np.prod(_bins(faces, middle)) <= _MAX_BINS:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _search_steps(faces: np.ndarray, radius: float) -> float:
+    """How many (bin, neighbouring bin) visits vesin makes, empty ones included."""
+    bins = _bins(faces, radius)
+    reach = np.maximum(np.ceil(radius * bins / faces), 1.0)
+    return float(np.prod(bins) * np.prod(2.0 * reach + 1.0))
+
+
+def _same_bin_pairs(fractional: np.ndarray, faces: np.ndarray, radius: float) -> float:
+    """The pairs of atoms that share one of vesin's bins at ``radius``: the least it compares."""
+    bins = _bins(faces, radius)
+    index = np.clip(np.floor(fractional * bins), 0, bins - 1).astype(np.int64)
+    _, counts = np.unique(index, axis=0, return_counts=True)
+    return float(np.sum(counts.astype(np.float64) ** 2))
+
+
+def _vacuum_cell(cell: np.ndarray, periodic: np.ndarray, positions: np.ndarray, cutoff: float) -> np.ndarray:
+    """``cell`` with its non-periodic vectors replaced by vectors perpendicular to the periodic
+    ones and to each other, longer than the cutoff plus the atoms' extent across the periodic
+    directions: no periodic image along them is then within the cutoff, and the whole cell can
+    be periodic."""
+    complement = _orthonormal_complement(cell[periodic])
+    across = float(np.linalg.norm(np.ptp(positions @ complement.T, axis=0)))
+    box = cell.copy()
+    box[~periodic] = (cutoff + across + _MARGIN) * complement
+    return box

@@ -59,8 +59,10 @@ def read_frames(path: str | os.PathLike, index: str | int | slice = ":") -> list
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is empty, malformed or of an unknown format, or the
-            selection holds no frame; the message names the file.
+        ValueError: the file is empty, malformed or of an unknown format, a frame has
+            non-finite positions or cell, or the selection holds no frame; the message names
+            the file and, where known, the frame. Whatever ASE raises on a malformed file
+            (``IndexError``, ``UnicodeDecodeError``...) comes as this ValueError.
     """
     path = Path(path)
     if not path.exists():
@@ -69,19 +71,131 @@ def read_frames(path: str | os.PathLike, index: str | int | slice = ":") -> list
         raise ValueError(f"{path}: is a directory, expected a structure file or an ASE database")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: the file is empty")
-    selection = string2index(index) if isinstance(index, str) else index
+    try:
+        selection = string2index(index) if isinstance(index, str) else index
+    except ValueError as error:
+        raise ValueError(
+            f"{path}: cannot read frames {index!r}: not an index or a slice such as ':' or '-10:'"
+        ) from error
+    frames: list[ase.Atoms] = []
     try:
         if path.suffix == ".db":
             frames = _read_database(path, selection)
         else:
-            frames = ase.io.read(path, index=selection)
-    except Exception as error:  # ASE raises many types (XYZError, UnknownFileTypeError, ...)
-        raise ValueError(f"{path}: could not read structures ({type(error).__name__}: {error})") from error
-    if isinstance(frames, ase.Atoms):
-        frames = [frames]
+            if path.suffix.lower() in _XYZ_SUFFIXES:
+                _check_xyz_layout(path, selection)
+            # one frame at a time, so that an error can say which frame it is in
+            for atoms in ase.io.iread(str(path), index=selection, do_not_split_by_at_sign=True):
+                frames.append(atoms)
+    except _LayoutError as error:
+        raise ValueError(str(error)) from None
+    except Exception as error:  # ASE raises many types (XYZError, IndexError, UnicodeDecodeError, ...)
+        where = "" if path.suffix == ".db" else _frame_in_file(selection, len(frames))
+        raise ValueError(f"{path}{where}: could not read structures ({type(error).__name__}: {error})") from error
     if len(frames) == 0:
         raise ValueError(f"{path}: no structures found (index {index!r})")
-    return list(frames)
+    for number, atoms in enumerate(frames):
+        _check_frame(atoms, f"{path}{_frame_in_file(selection, number)}")
+    return frames
+
+
+_XYZ_SUFFIXES = (".xyz", ".extxyz")
+
+
+class _LayoutError(ValueError):
+    """A malformed (extended) XYZ file, found before ASE reads it; the message is complete."""
+
+
+def _check_xyz_layout(path: Path, selection: int | slice) -> None:
+    """Check the frame headers of an (extended) XYZ file the way ASE walks them, and raise a
+    :class:`_LayoutError` naming the file, frame and line where ASE would go wrong: a header
+    that is not a number of atoms (ASE's message names neither), a number of atoms larger
+    than the lines that follow (ASE would count through them one by one, for as long as the
+    number says), a blank line with frames after it (ASE stops there and drops them without
+    a word), or bytes that are not UTF-8 text. Only the frames up to the last one selected
+    are checked, as ASE only reads those."""
+    data = path.read_bytes()
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+    starts = np.concatenate([[0], ends + 1])
+    stops = np.concatenate([ends, [len(data)]])
+    n_lines = len(starts) if len(data) > starts[-1] else len(starts) - 1
+
+    def line(k: int) -> bytes:
+        return data[starts[k] : stops[k]]
+
+    last = None  # the frames ASE scans: up to the last one selected, where that is known
+    if isinstance(selection, int) and selection >= 0:
+        last = selection + 1
+    elif isinstance(selection, slice) and selection.stop is not None and selection.stop >= 0:
+        last = selection.stop
+    frame_lines = []
+    k = 0
+    while k < n_lines and (last is None or len(frame_lines) < last):
+        header = line(k)
+        if not header.strip():
+            if data[starts[k] :].strip():
+                after = f"after frame {len(frame_lines) - 1}, " if frame_lines else ""
+                raise _LayoutError(
+                    f"{path}, {after}line {k + 1}: could not read structures: a blank line where a frame's "
+                    "number of atoms should be, with more text after it (ASE would stop reading here "
+                    "and drop the rest without a word)"
+                )
+            break
+        where = f"{path}, frame {len(frame_lines)} (line {k + 1})"
+        try:
+            natoms = int(header)
+        except ValueError:
+            text = header[:60].decode("utf-8", errors="replace")
+            raise _LayoutError(
+                f"{where}: could not read structures: expected the number of atoms, got {text!r}"
+            ) from None
+        if natoms < 0 or k + 2 + natoms > n_lines:
+            left = max(n_lines - k - 2, 0)
+            raise _LayoutError(
+                f"{where}: could not read structures: the header says {natoms} atoms, but "
+                f"{left} line{'' if left == 1 else 's'} follow the comment line"
+            )
+        frame_lines.append(k)
+        k += 2 + natoms
+        while k < n_lines and line(k).lstrip().startswith(b"VEC"):  # lattice vectors of plain XYZ
+            k += 1
+    try:
+        data[: stops[k - 1] if k else 0].decode("utf-8")
+    except UnicodeDecodeError as error:
+        bad_line = int(np.searchsorted(starts, error.start, side="right"))
+        frame = int(np.searchsorted(frame_lines, bad_line - 1, side="right")) - 1
+        raise _LayoutError(
+            f"{path}, frame {max(frame, 0)} (line {bad_line}): could not read structures: not UTF-8 text "
+            f"(byte {data[error.start]:#04x} at offset {error.start})"
+        ) from None
+
+
+def _frame_in_file(selection: int | slice, number: int) -> str:
+    """``", frame 12"``: the frame of the file that is ``number``-th of ``selection``, where it
+    is known without counting the file's frames (a selection from the end is not)."""
+    if isinstance(selection, int):
+        return f", frame {selection}" if selection >= 0 else f", frame {selection} (from the end)"
+    start, step = selection.start or 0, selection.step or 1
+    if start >= 0 and step > 0:
+        return f", frame {start + number * step}"
+    return f", frame {number} of the selection {_slice_text(selection)}"
+
+
+def _slice_text(selection: slice) -> str:
+    parts = ["" if value is None else str(value) for value in (selection.start, selection.stop, selection.step)]
+    return ":".join(parts[:2]) + (f":{parts[2]}" if parts[2] else "")
+
+
+def _check_frame(atoms: ase.Atoms, where: str) -> None:
+    """ValueError naming ``where`` for positions or a cell that are not finite numbers."""
+    positions = atoms.arrays.get("positions")
+    if positions is None or positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"{where}: no [N, 3] positions")
+    if not np.isfinite(positions).all():
+        bad = np.unique(np.nonzero(~np.isfinite(positions))[0])
+        raise ValueError(f"{where}: non-finite positions (NaN or inf) at atom indices {bad[:10].tolist()}")
+    if not np.isfinite(atoms.cell.array).all():
+        raise ValueError(f"{where}: the cell has non-finite (NaN or inf) entries")
 
 
 def parse_source(source: str | os.PathLike) -> tuple[Path, str | None]:
