@@ -64,7 +64,8 @@ def damage(data: bytes, kind: str) -> bytes:
     if kind == "empty":
         return b""
     if kind == "random":
-        return torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(1), dtype=torch.uint8).numpy().tobytes()
+        generator = torch.Generator().manual_seed(1)
+        return torch.randint(0, 256, (4096,), generator=generator, dtype=torch.uint8).numpy().tobytes()
     if kind == "altered":  # 1e25 in the first float32 values of a weight tensor, nothing else touched
         start = _weight_offset(data)
         return data[:start] + struct.pack("<2f", 1e25, -1e25) + data[start + 8:]

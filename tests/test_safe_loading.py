@@ -168,7 +168,7 @@ def test_trusted_modules_keyword_loads_the_named_module(trained, tmp_path, forei
     assert type(module.model).__module__ == name and type(module.model).__name__ == "Net"
 
 
-def test_trusted_modules_environment_variable_is_honoured_by_the_commands(trained, tmp_path, foreign, monkeypatch, capsys):
+def test_trusted_modules_environment_variable_is_honoured_by_the_commands(trained, tmp_path, foreign, monkeypatch):
     name, marker = foreign
     path = _crafted(trained, tmp_path, _set_model_class(name))
     monkeypatch.setenv(TRUSTED_MODULES_ENV, f"some_other_package, {name}")
@@ -244,7 +244,8 @@ def test_a_damaged_vae_cache_is_named(tmp_path):
     cache = tmp_path / "configurations.pt"
     torch.save({"key": "k", "data": {"pos": torch.zeros(4, 2, 3)}}, cache)
     cache.write_bytes(cache.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match=r"is damaged \(truncated: .*\); delete it to regenerate the VAE data cache"):
+    damaged = r"is damaged \(truncated: .*\); delete it to regenerate the VAE data cache"
+    with pytest.raises(CheckpointError, match=damaged):
         ConfigurationDataModule(gammas=[0.1], cache=str(cache)).prepare_data()
 
 
@@ -252,8 +253,9 @@ def test_the_vae_cache_is_written_as_plain_data(tmp_path):
     from equimol.train.vae import ConfigurationDataModule
 
     cache = tmp_path / "configurations.pt"
-    kwargs = dict(gammas=[0.1], generator_kwargs={"n_particles": 4, "dim": 2, "box_length": 4.0, "n_frames": 3,
-                                                  "n_equilibration_sweeps": 2, "decorrelation_sweeps": 1}, cache=str(cache))
+    tiny = {"n_particles": 4, "dim": 2, "box_length": 4.0, "n_frames": 3, "n_equilibration_sweeps": 2,
+            "decorrelation_sweeps": 1}
+    kwargs = dict(gammas=[0.1], generator_kwargs=tiny, cache=str(cache))
     first = ConfigurationDataModule(**kwargs)
     first.prepare_data()
     stored = torch.load(cache, weights_only=True)  # tensors and plain values only
@@ -271,7 +273,8 @@ def test_every_torch_load_in_the_package_is_weights_only():
             if not isinstance(node, ast.Call):
                 continue
             function = node.func
-            if isinstance(function, ast.Attribute) and function.attr == "load" and getattr(function.value, "id", None) == "torch":
+            is_load = isinstance(function, ast.Attribute) and function.attr == "load"
+            if is_load and getattr(function.value, "id", None) == "torch":
                 flags = {k.arg: k.value for k in node.keywords}
                 value = flags.get("weights_only")
                 if not (isinstance(value, ast.Constant) and value.value is True):

@@ -259,9 +259,10 @@ class AtomsDataModule(pl.LightningDataModule):
     After ``setup``: ``train_set``, ``val_set``, ``test_set`` (None without a test set),
     ``statistics`` (a ``DatasetStatistics`` of the training set), ``dataset`` (the graphs of
     the main source), ``sources`` (set name -> the source it was read from) and
-    ``split_indices`` (set name -> frame indices into that source). The run folder receives
-    ``statistics.json`` (the statistics, ``sources`` and the size of each set) and
-    ``split.json`` (``split_indices``).
+    ``split_indices`` (set name -> frame indices into that source). The run folder of a fit
+    (``setup("fit")``) receives, when training starts, ``statistics.json`` (the statistics,
+    ``sources`` and the size of each set) and ``split.json`` (``split_indices``); validate,
+    test and predict write nothing.
     """
 
     def __init__(
@@ -355,6 +356,8 @@ class AtomsDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
+            if stage == "fit":
+                self._run_files_pending = True
             return
         from equimol.data import compute_statistics, split_indices
 
@@ -394,7 +397,9 @@ class AtomsDataModule(pl.LightningDataModule):
         self.val_set = TransformedSubset(sets["val"], parts["val"])
         self.test_set = TransformedSubset(sets["test"], parts["test"]) if "test" in parts else None
         self.statistics = compute_statistics(self.dataset[i] for i in parts["train"])
-        self._write_statistics(str(source))
+        # written for a fit only, once training starts (see train_dataloader); validate, test
+        # and predict leave the training run's files alone
+        self._run_files_pending = stage == "fit"
 
     def _graphs(self, source: str | Path) -> AtomsDataset:
         """The radius graphs of ``source``, built and cached with this module's settings."""
@@ -443,6 +448,10 @@ class AtomsDataModule(pl.LightningDataModule):
         return dataset
 
     def _write_statistics(self, source: str) -> None:
+        """Write ``statistics.json`` and ``split.json`` into the run folder (each whole or not at
+        all). Called when a fit asks for its training data, so a run that fails earlier (its
+        model set-up, a resumed checkpoint, the sanity check) leaves the folder's files alone."""
+        self._run_files_pending = False
         if not self._trainer_attached() or not self.trainer.is_global_zero:
             return
         folder = Path(self.trainer.default_root_dir)
@@ -455,8 +464,15 @@ class AtomsDataModule(pl.LightningDataModule):
             "split_sizes": {name: len(idx) for name, idx in self.split_indices.items()},
             "statistics": self.statistics.to_dict(),
         }
-        (folder / "statistics.json").write_text(json.dumps(record, indent=2, default=str))
-        (folder / "split.json").write_text(json.dumps(self.split_indices))
+        for name, text in (("statistics.json", json.dumps(record, indent=2, default=str)),
+                           ("split.json", json.dumps(self.split_indices))):
+            # whole or not at all: a temporary file beside it, then renamed
+            temporary = folder / f".{name}.{os.getpid()}.tmp"
+            try:
+                temporary.write_text(text)
+                os.replace(temporary, folder / name)
+            finally:
+                temporary.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset | None, shuffle: bool, batch_size: int, name: str) -> DataLoader:
@@ -475,6 +491,8 @@ class AtomsDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if getattr(self, "_run_files_pending", False) and self.sources is not None:
+            self._write_statistics(self.sources["train"])
         return self._loader(self.train_set, True, self.batch_size, "training")
 
     # ---------------------------------------------------------- random state, provenance
