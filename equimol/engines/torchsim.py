@@ -38,7 +38,7 @@ from torch_sim.models.interface import ModelInterface
 from torch_sim.state import SimState
 
 from equimol import _keys as K
-from equimol.data.graph import DEFAULT_MIN_DISTANCE, CloseAtomsError, edge_vectors, radius_graph
+from equimol.data.graph import DEFAULT_MIN_DISTANCE, CloseAtomsError, radius_graph
 from equimol.engines.backends import InferenceBackend, load_backend
 
 __all__ = ["EquimolTorchSimModel", "state_graph"]
@@ -191,6 +191,8 @@ def state_graph(
         edges, shifts = radius_graph(
             positions_np[start:stop], cells_np[b], pbc_np[b], cutoff, neighbour_list, source=f"TorchSim system {b}"
         )
+        if min_distance > 0:
+            _check_min_distance(positions_np[start:stop], cells_np[b], edges, shifts, min_distance, b, start)
         edge_parts.append(edges + start)
         shift_parts.append(shifts)
     edge_index = np.concatenate(edge_parts, axis=1) if edge_parts else np.zeros((2, 0), dtype=np.int64)
@@ -206,23 +208,35 @@ def state_graph(
         batch=system_idx.to(device),
     )
     graph._num_graphs = num_systems
-    if min_distance > 0 and edge_index.shape[1]:
-        _check_min_distance(graph, min_distance)
     return graph
 
 
-def _check_min_distance(graph: Batch, min_distance: float) -> None:
-    """:class:`CloseAtomsError` naming the system and the closest pair if an edge of the
-    graph is shorter than ``min_distance`` (the graph's cutoff must reach that far)."""
-    lengths = edge_vectors(graph.pos, graph.edge_index, graph.edge_shift, graph.cell, graph.batch).norm(dim=1)
-    shortest = int(torch.argmin(lengths))
-    distance = float(lengths[shortest])
+def _check_min_distance(
+    positions: np.ndarray,
+    cell: np.ndarray,
+    edge_index: np.ndarray,
+    shifts: np.ndarray,
+    min_distance: float,
+    system: int,
+    offset: int,
+) -> None:
+    """:class:`CloseAtomsError` naming the system and the closest pair (as atom indices of
+    the state) if an edge of one system's graph is shorter than ``min_distance``."""
+    if edge_index.shape[1] == 0:
+        return
+    j, i = edge_index
+    vectors = positions[j] - positions[i]
+    moved = shifts.any(axis=1)
+    if moved.any():
+        vectors[moved] += shifts[moved] @ cell
+    squared = np.einsum("ij,ij->i", vectors, vectors)
+    shortest = int(np.argmin(squared))
+    distance = float(np.sqrt(squared[shortest]))
     if distance >= min_distance:
         return
-    j, i = (int(v) for v in graph.edge_index[:, shortest])
-    system = int(graph.batch[i])
+    first, second = sorted((int(i[shortest]) + offset, int(j[shortest]) + offset))
     raise CloseAtomsError(
-        f"TorchSim system {system}: atoms {i} and {j} of the state are {distance:.4g} Å apart, closer than "
-        f"min_distance={min_distance:g} Å: overlapping atoms (an unstable run or a broken structure); "
+        f"TorchSim system {system}: atoms {first} and {second} of the state are {distance:.4g} Å apart, closer "
+        f"than min_distance={min_distance:g} Å: overlapping atoms (an unstable run or a broken structure); "
         "fix the structure or the time step, or lower min_distance (0 turns the check off)"
     )
