@@ -7,7 +7,7 @@ vectors are recomputed from ``pos`` on every forward pass and forces follow from
 Every structure is checked before its neighbour list is built, and every error names the
 structure's source (``"train.xyz, frame 12"``): finite positions, a cell whose periodic vectors
 span as many dimensions as there are periodic axes, a cutoff that gives a graph of sensible
-size (:data:`MAX_EDGES`), and no two atoms closer than ``min_distance``
+size (:data:`MAX_EDGES`, :data:`MAX_NEIGHBOURS`), and no two atoms closer than ``min_distance``
 (:data:`DEFAULT_MIN_DISTANCE`). The cost of the neighbour list does not grow with the cutoff
 beyond the structure's own size: along non-periodic axes no pair is farther apart than the
 atoms' extent, so the search radius of an open structure is cut to just above that extent,
@@ -39,6 +39,7 @@ __all__ = [
     "CloseAtomsError",
     "DEFAULT_MIN_DISTANCE",
     "MAX_EDGES",
+    "MAX_NEIGHBOURS",
 ]
 
 #: Default smallest distance, Å, that two atoms (or an atom and a periodic image) may have:
@@ -51,6 +52,10 @@ DEFAULT_MIN_DISTANCE = 0.1
 #: atom density before the neighbour list is built (about 16 GB of neighbour-list and graph
 #: arrays); a larger estimate is an error naming the cutoff.
 MAX_EDGES = 200_000_000
+
+#: The most neighbours an atom may have on average, estimated the same way: a cutoff that
+#: gives more (100 times the neighbours of a 15 Å cutoff in a dense solid) is a mistake.
+MAX_NEIGHBOURS = 100_000
 
 # Extra length, Å, of the search radius of open structures and of the vacuum vectors that
 # stand in for non-periodic axes, beyond the extent of the atoms: no rounding can then make a
@@ -92,7 +97,8 @@ def radius_graph(
             new one, as when the search needs another radius (see the module docstring).
         source: where the structure came from, for error messages.
         max_edges: the most edges the graph may have (see :func:`estimated_edge_count`),
-            and the most steps the neighbour search may take.
+            and the most steps the neighbour search may take; an atom may have at most
+            :data:`MAX_NEIGHBOURS` neighbours on average.
 
     Returns:
         edge_index: [2, E] int64, row 0 the neighbour j, row 1 the centre i.
@@ -103,7 +109,7 @@ def radius_graph(
     Raises:
         ValueError: a negative or non-finite cutoff, a degenerate cell (periodic vectors that
             are zero or linearly dependent), a cutoff that would give more than ``max_edges``
-            edges, or atoms so spread out (an atom 1e30 Å away, or a million cells away from
+            edges or ``MAX_NEIGHBOURS`` per atom, or atoms so spread out (an atom 1e30 Å away, or a million cells away from
             a periodic cell) that no neighbour search could cover them; the message names
             ``source``.
     """
@@ -115,11 +121,12 @@ def radius_graph(
         return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
     _check_cell(cell, periodic, source)
     estimate = estimated_edge_count(positions, cell, periodic, cutoff)
-    if estimate > max_edges:
+    if estimate > max_edges or estimate > MAX_NEIGHBOURS * len(positions):
         raise ValueError(
             f"{source}: a cutoff of {cutoff:g} Å would give about {estimate:.2g} edges for "
-            f"{len(positions)} atoms ({int(periodic.sum())} periodic axes), more than the "
-            f"{max_edges:.2g} one graph may have; use a smaller cutoff (the model's, a few Å)"
+            f"{len(positions)} atoms ({int(periodic.sum())} periodic axes), more than a graph may "
+            f"have ({max_edges:.2g} edges, {MAX_NEIGHBOURS:.2g} neighbours per atom); use a "
+            "smaller cutoff (the model's, a few Å)"
         )
 
     extent = _extent(positions)
