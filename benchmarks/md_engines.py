@@ -15,7 +15,8 @@ by 0.01 so that atoms stay apart; or a ``.pt2`` package with ``--package``): ASE
 once: the floor under every engine. The "(no model)" rows run each engine with a backend
 that returns zeros at once: what the engine itself costs per step (neighbour list, graph,
 integrator, coupling). Each row is the median over ``--repeats`` blocks of ``--steps`` steps
-after one warm-up block; one torch thread, one OpenMP thread.
+after one warm-up block, each block from the same first configuration and velocities, the
+engines taking turns block by block; one torch thread, one OpenMP thread.
 
     python benchmarks/md_engines.py [--steps 10] [--repeats 3] [--dtype float32] [--copies 4]
                                     [--package model.pt2] [--clock wall|cpu] [--no-overhead]
@@ -100,28 +101,31 @@ class NoModel(InferenceBackend):
         return out
 
 
-def timed(run_block: Callable[[], None], repeats: int, clock: Callable[[], float]) -> float:
-    """Median seconds of one block, after one warm-up block."""
-    run_block()
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        run_block()
-        times.append(clock() - start)
-    return statistics.median(times)
+# Each engine gives (reset, block): ``reset`` puts the system back at its first step (not
+# timed), ``block`` runs ``steps`` MD steps (timed). Every block thus starts from the same
+# configuration, and no block wanders off into configurations an untrained model (or no
+# model at all) cannot hold together.
+Block = tuple[Callable[[], None], Callable[[], None]]
 
 
-def ase_block(backend: InferenceBackend, atoms: Atoms, steps: int) -> Callable[[], None]:
+def ase_block(backend: InferenceBackend, atoms: Atoms, steps: int) -> Block:
     atoms = atoms.copy()
     masses = atoms.get_masses()[:, None]
     momenta = np.random.default_rng(0).normal(size=(len(atoms), 3)) * np.sqrt(masses * units.kB * TEMPERATURE_K)
-    atoms.set_momenta(momenta - momenta.mean(axis=0))
+    momenta -= momenta.mean(axis=0)
+    positions = atoms.positions.copy()
     atoms.calc = EquimolCalculator(backend)
     dynamics = VelocityVerlet(atoms, timestep=TIMESTEP_FS * units.fs)
-    return lambda: dynamics.run(steps)
+
+    def reset() -> None:
+        atoms.set_positions(positions)
+        atoms.set_momenta(momenta)
+        atoms.get_forces()  # as at the end of a step: the block's first step reuses them
+
+    return reset, lambda: dynamics.run(steps)
 
 
-def torchsim_block(backend: InferenceBackend, atoms: Atoms, steps: int, copies: int) -> Callable[[], None]:
+def torchsim_block(backend: InferenceBackend, atoms: Atoms, steps: int, copies: int) -> Block:
     import torch_sim as ts
 
     from equimol.engines.torchsim import EquimolTorchSimModel
@@ -134,16 +138,20 @@ def torchsim_block(backend: InferenceBackend, atoms: Atoms, steps: int, copies: 
         kT=torch.tensor(TEMPERATURE_K * metal.temperature, dtype=model.dtype),
         seed=0,
     )
-    state = [init(ts.io.atoms_to_state([atoms] * copies, model.device, model.dtype))]
+    first = init(ts.io.atoms_to_state([atoms] * copies, model.device, model.dtype))
+    state = [first]
+
+    def reset() -> None:
+        state[0] = first.clone()  # the integrator changes its state in place
 
     def block() -> None:
         for _ in range(steps):
             state[0] = update(state[0])
 
-    return block
+    return reset, block
 
 
-def lammps_block(backend: InferenceBackend, atoms: Atoms, steps: int) -> Callable[[], None]:
+def lammps_block(backend: InferenceBackend, atoms: Atoms, steps: int) -> Block:
     from equimol.engines.lammps import EquimolLammps, create_lammps
 
     lmp, elements = create_lammps(atoms)
@@ -153,17 +161,23 @@ def lammps_block(backend: InferenceBackend, atoms: Atoms, steps: int) -> Callabl
         f"fix nve all nve\ntimestep {TIMESTEP_FS * 1e-3}\nthermo 0"
     )
     coupling.run(0)
-    return lambda: coupling.run(steps, "pre no post no")
+    positions, velocities = lmp.gather_atoms("x", 1, 3), lmp.gather_atoms("v", 1, 3)
+
+    def reset() -> None:
+        lmp.scatter_atoms("x", 1, 3, positions)
+        lmp.scatter_atoms("v", 1, 3, velocities)
+
+    return reset, lambda: coupling.run(steps, "pre no post no")
 
 
-def model_block(backend: InferenceBackend, atoms: Atoms, steps: int) -> Callable[[], None]:
+def model_block(backend: InferenceBackend, atoms: Atoms, steps: int) -> Block:
     graph = atoms_to_graph(atoms, backend.cutoff, dtype=backend.dtype).to(backend.device)
 
     def block() -> None:
         for _ in range(steps):
             backend.compute(graph)
 
-    return block
+    return (lambda: None), block
 
 
 def main() -> None:
@@ -195,7 +209,7 @@ def main() -> None:
         backend = load_backend(model, dtype=dtype, compile=False)
         model_name = "EquivariantPotential(l_max=1, channels=16, num_layers=2), untrained, eager"
     clock = time.perf_counter if args.clock == "wall" else time.process_time
-    systems = {"Cu-108": copper_108(args.seed), "ethanol-64": ethanol_64(args.seed)}
+    systems = {"Cu-108": copper_108, "ethanol-64": ethanol_64}
 
     print("python " + " ".join(sys.argv))
     print(f"{model_name}; {backend.dtype}, cutoff {CUTOFF} Å, NVE {TIMESTEP_FS} fs, "
@@ -205,9 +219,10 @@ def main() -> None:
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     for name in args.systems:
-        atoms = systems[name]
+        atoms = systems[name](args.seed)
         edges = atoms_to_graph(atoms, CUTOFF).edge_index.shape[1]
-        for label, used in (("", backend), (" (no model)", NoModel(backend)) if args.overhead else ()):
+        runs = [("", backend)] + ([(" (no model)", NoModel(backend))] if args.overhead else [])
+        for label, used in runs:
             rows = engine_rows(used, atoms, args, clock)
             ase = next((seconds for engine, seconds, _ in rows if engine.startswith("ASE")), None)
             for engine, seconds, copies in rows:
@@ -219,21 +234,34 @@ def main() -> None:
 
 def engine_rows(backend: InferenceBackend, atoms: Atoms, args: argparse.Namespace,
                 clock: Callable[[], float]) -> list[tuple[str, float, int]]:
-    """(engine, median seconds of a block, systems per step) for each engine asked for."""
-    rows: list[tuple[str, float, int]] = []
+    """(engine, median seconds of a block, systems per step) for each engine asked for.
+
+    The engines take turns, block by block, so that a busy spell of the machine slows all of
+    them alike instead of whichever engine ran then."""
+    blocks: list[tuple[str, Block, int]] = []
     for engine in args.engines:
         if engine == "model" and not isinstance(backend, NoModel):
-            rows.append(("model only", timed(model_block(backend, atoms, args.steps), args.repeats, clock), 1))
+            blocks.append(("model only", model_block(backend, atoms, args.steps), 1))
         elif engine == "ase":
-            rows.append(("ASE VelocityVerlet", timed(ase_block(backend, atoms, args.steps), args.repeats, clock), 1))
+            blocks.append(("ASE VelocityVerlet", ase_block(backend, atoms, args.steps), 1))
         elif engine == "torchsim":
-            rows.append(("TorchSim nve", timed(torchsim_block(backend, atoms, args.steps, 1), args.repeats, clock), 1))
+            blocks.append(("TorchSim nve", torchsim_block(backend, atoms, args.steps, 1), 1))
             if args.copies > 1:
-                block = torchsim_block(backend, atoms, args.steps, args.copies)
-                rows.append((f"TorchSim nve, {args.copies} in a batch", timed(block, args.repeats, clock), args.copies))
+                blocks.append((f"TorchSim nve, {args.copies} in a batch",
+                               torchsim_block(backend, atoms, args.steps, args.copies), args.copies))
         elif engine == "lammps":
-            rows.append(("LAMMPS fix nve", timed(lammps_block(backend, atoms, args.steps), args.repeats, clock), 1))
-    return rows
+            blocks.append(("LAMMPS fix nve", lammps_block(backend, atoms, args.steps), 1))
+    for _, (reset, block), _ in blocks:  # warm-up
+        reset()
+        block()
+    times: list[list[float]] = [[] for _ in blocks]
+    for _ in range(args.repeats):
+        for (_, (reset, block), _), spent in zip(blocks, times):
+            reset()
+            start = clock()
+            block()
+            spent.append(clock() - start)
+    return [(name, statistics.median(spent), copies) for (name, _, copies), spent in zip(blocks, times)]
 
 if __name__ == "__main__":
     main()

@@ -47,10 +47,9 @@ import torch
 import vesin
 from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 from torch import nn
-from torch_geometric.data import Data
 
 from equimol import _keys as K
-from equimol.data.graph import DEFAULT_MIN_DISTANCE, CloseAtomsError, radius_graph
+from equimol.data.graph import DEFAULT_MIN_DISTANCE, atoms_to_graph
 from equimol.engines.backends import InferenceBackend, load_backend
 
 __all__ = [
@@ -142,8 +141,8 @@ class EquimolLammps:
             type 1 is Cu); every type in the box needs one.
         device, dtype, compile: as in :func:`~equimol.engines.load_backend`.
         cutoff: radius of the graph, Å (default and minimum: the model's cutoff).
-        group: LAMMPS group the model acts on: ``all`` (the model sees only the group's
-            atoms otherwise; ghost atoms of other groups are not seen).
+        group: LAMMPS group whose atoms get the model's forces (default ``all``); the model
+            always sees every atom, and its energy is that of the whole box.
         fix_id: ID of the ``fix external``.
         virial: pass the virial to LAMMPS when the box is periodic along all three axes
             (needed for pressure and barostats; costs a stress computation per step).
@@ -249,22 +248,18 @@ class EquimolLammps:
         length = np.asarray(boxhi, dtype=np.float64) - lo
         cell = np.array([[length[0], 0.0, 0.0], [xy, length[1], 0.0], [xz, yz, length[2]]])
         pbc = np.asarray(periodicity, dtype=bool)
-        positions = np.asarray(positions, dtype=np.float64) - lo
-        if not np.isfinite(positions).all():
-            raise ValueError("LAMMPS passed non-finite positions (NaN or inf)")
         z = self._type_to_z[np.asarray(types, dtype=np.int64)]
-        edge_index, shifts = radius_graph(positions, cell, pbc, self.cutoff, self._neighbours, source="LAMMPS box")
-        if self.min_distance > 0:
-            _check_min_distance(positions, cell, edge_index, shifts, self.min_distance)
-        device, dtype = self.backend.device, self.backend.dtype
-        graph = Data(
-            pos=torch.from_numpy(positions).to(device=device, dtype=dtype),
-            z=torch.from_numpy(z).to(device),
-            cell=torch.from_numpy(cell).to(device=device, dtype=dtype).unsqueeze(0),
-            pbc=torch.from_numpy(pbc).to(device).unsqueeze(0),
-            edge_index=torch.from_numpy(edge_index).to(device),
-            edge_shift=torch.from_numpy(shifts).to(device=device, dtype=dtype),
-        )
+        # the ASE calculator's own path: the same checks, messages and neighbour search
+        atoms = ase.Atoms(numbers=z, positions=np.asarray(positions, dtype=np.float64) - lo, cell=cell, pbc=pbc)
+        graph = atoms_to_graph(
+            atoms,
+            self.cutoff,
+            dtype=self.backend.dtype,
+            on_isolated="ignore",
+            min_distance=self.min_distance,
+            source="LAMMPS box",
+            neighbour_list=self._neighbours,
+        ).to(self.backend.device)
         want_virial = self.virial and bool(pbc.all())
         out = self.backend.compute(graph, compute_stress=want_virial)
         energy = float(out[K.ENERGY].double().sum())
@@ -275,21 +270,6 @@ class EquimolLammps:
             w = -abs(np.linalg.det(cell)) * stress
             virial = [w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2]]
         return energy, forces, virial
-
-
-def _check_min_distance(
-    positions: np.ndarray, cell: np.ndarray, edge_index: np.ndarray, shifts: np.ndarray, min_distance: float
-) -> None:
-    if edge_index.shape[1] == 0:
-        return
-    j, i = edge_index
-    lengths = np.linalg.norm(positions[j] - positions[i] + shifts @ cell, axis=1)
-    k = int(np.argmin(lengths))
-    if lengths[k] < min_distance:
-        raise CloseAtomsError(
-            f"LAMMPS box: local atoms {int(i[k])} and {int(j[k])} are {lengths[k]:.4g} Å apart, closer than "
-            f"min_distance={min_distance:g} Å: overlapping atoms (an unstable run or a broken structure)"
-        )
 
 
 def _atomic_number(element: str | int) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 
+import ase
 import numpy as np
 import torch
 import vesin
@@ -38,7 +39,7 @@ from torch_sim.models.interface import ModelInterface
 from torch_sim.state import SimState
 
 from equimol import _keys as K
-from equimol.data.graph import DEFAULT_MIN_DISTANCE, CloseAtomsError, radius_graph
+from equimol.data.graph import DEFAULT_MIN_DISTANCE, atoms_to_graph
 from equimol.engines.backends import InferenceBackend, load_backend
 
 __all__ = ["EquimolTorchSimModel", "state_graph"]
@@ -146,8 +147,9 @@ def state_graph(
 ) -> Batch:
     """The batched radius graph of a TorchSim ``SimState``, in equimol's fields.
 
-    Each system gets its own vesin neighbour list (on the CPU, in float64); the graphs are
-    joined into one ``Batch`` with ``pos [N, 3]`` (the state's own order of atoms),
+    Each system's graph is built as the ASE calculator builds it (``atoms_to_graph``: the
+    same checks, and a vesin neighbour list on the CPU in float64); the graphs are joined
+    into one ``Batch`` with ``pos [N, 3]`` (the state's own order of atoms),
     ``z [N]``, ``cell [B, 3, 3]`` (lattice vectors as rows), ``pbc [B, 3]``,
     ``edge_index [2, E]``, ``edge_shift [E, 3]`` and ``batch [N] = state.system_idx``
     (the atoms of each system contiguous and the systems in order, as TorchSim keeps them).
@@ -159,15 +161,12 @@ def state_graph(
         dtype, device: of the graph's floating fields (default: the state's).
         neighbour_list: a full vesin ``NeighborList`` of this cutoff to reuse.
         min_distance: the smallest distance, Å, two atoms (or periodic images) may have;
-            :class:`~equimol.data.graph.CloseAtomsError` names the system and the atoms
+            :class:`~equimol.data.graph.CloseAtomsError` names the system and its atoms
             otherwise. 0 turns the check off.
     """
     dtype = dtype or state.positions.dtype
     device = torch.device(device) if device is not None else state.positions.device
     positions = state.positions.detach()
-    if not bool(torch.isfinite(positions).all()):
-        bad = torch.nonzero(~torch.isfinite(positions).all(dim=1)).flatten()
-        raise ValueError(f"TorchSim state: non-finite positions (NaN or inf) at atom indices {bad[:10].tolist()}")
     system_idx = state.system_idx.detach().to(torch.long)
     num_systems = int(system_idx.max()) + 1 if system_idx.numel() else 0
     cells = state.row_vector_cell.detach().reshape(-1, 3, 3)
@@ -179,6 +178,7 @@ def state_graph(
     positions_np = positions.cpu().to(torch.float64).numpy()
     cells_np = cells.cpu().to(torch.float64).numpy()
     pbc_np = pbc.numpy()
+    numbers = state.atomic_numbers.detach().cpu().numpy()
     systems = system_idx.cpu().numpy()
     if len(systems) > 1 and bool(np.any(systems[1:] < systems[:-1])):
         raise ValueError("TorchSim state: the atoms of each system must be contiguous, systems in order")
@@ -188,55 +188,25 @@ def state_graph(
         start, stop = int(bounds[b]), int(bounds[b + 1])
         if stop == start:
             continue
-        edges, shifts = radius_graph(
-            positions_np[start:stop], cells_np[b], pbc_np[b], cutoff, neighbour_list, source=f"TorchSim system {b}"
-        )
-        if min_distance > 0:
-            _check_min_distance(positions_np[start:stop], cells_np[b], edges, shifts, min_distance, b, start)
-        edge_parts.append(edges + start)
-        shift_parts.append(shifts)
-    edge_index = np.concatenate(edge_parts, axis=1) if edge_parts else np.zeros((2, 0), dtype=np.int64)
-    edge_shift = np.concatenate(shift_parts, axis=0) if shift_parts else np.zeros((0, 3), dtype=np.int64)
+        # the ASE calculator's own path: the same checks, messages and neighbour search
+        atoms = ase.Atoms(numbers=numbers[start:stop], positions=positions_np[start:stop], cell=cells_np[b],
+                          pbc=pbc_np[b])
+        graph = atoms_to_graph(atoms, cutoff, dtype=dtype, on_isolated="ignore", min_distance=min_distance,
+                               source=f"TorchSim system {b}", neighbour_list=neighbour_list)
+        edge_parts.append(graph.edge_index + start)
+        shift_parts.append(graph.edge_shift)
+    edge_index = torch.cat(edge_parts, dim=1) if edge_parts else torch.zeros((2, 0), dtype=torch.long)
+    edge_shift = torch.cat(shift_parts, dim=0) if shift_parts else torch.zeros((0, 3), dtype=dtype)
 
     graph = Batch(
         pos=positions.to(device=device, dtype=dtype),
         z=state.atomic_numbers.detach().to(device=device, dtype=torch.long),
         cell=cells.to(device=device, dtype=dtype).contiguous(),
         pbc=pbc.to(device),
-        edge_index=torch.from_numpy(edge_index).to(device),
-        edge_shift=torch.from_numpy(edge_shift).to(device=device, dtype=dtype),
+        edge_index=edge_index.to(device),
+        edge_shift=edge_shift.to(device=device, dtype=dtype),
         batch=system_idx.to(device),
     )
     graph._num_graphs = num_systems
     return graph
 
-
-def _check_min_distance(
-    positions: np.ndarray,
-    cell: np.ndarray,
-    edge_index: np.ndarray,
-    shifts: np.ndarray,
-    min_distance: float,
-    system: int,
-    offset: int,
-) -> None:
-    """:class:`CloseAtomsError` naming the system and the closest pair (as atom indices of
-    the state) if an edge of one system's graph is shorter than ``min_distance``."""
-    if edge_index.shape[1] == 0:
-        return
-    j, i = edge_index
-    vectors = positions[j] - positions[i]
-    moved = shifts.any(axis=1)
-    if moved.any():
-        vectors[moved] += shifts[moved] @ cell
-    squared = np.einsum("ij,ij->i", vectors, vectors)
-    shortest = int(np.argmin(squared))
-    distance = float(np.sqrt(squared[shortest]))
-    if distance >= min_distance:
-        return
-    first, second = sorted((int(i[shortest]) + offset, int(j[shortest]) + offset))
-    raise CloseAtomsError(
-        f"TorchSim system {system}: atoms {first} and {second} of the state are {distance:.4g} Å apart, closer "
-        f"than min_distance={min_distance:g} Å: overlapping atoms (an unstable run or a broken structure); "
-        "fix the structure or the time step, or lower min_distance (0 turns the check off)"
-    )
