@@ -55,3 +55,21 @@ def test_readme_main_command_installs_torch_first() -> None:
     assert commands, "the README shows no command that installs and runs equimol"
     for command in commands:
         assert command.index("torch==") < command.index("pip install -e"), command
+
+
+def test_every_test_named_on_the_faults_page_exists():
+    """docs/faults.md names, for each bad input or fault, the test that proves what equimol
+    does: each of those tests must exist (a renamed test would leave the page pointing at nothing)."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "faults.md").read_text()
+    current, named, missing = None, 0, []
+    for path, test, continued in re.findall(r"`((?:tests/)?test_\w+\.py)(?:::(\w+))?`|`::(\w+)`", text):
+        if path:
+            current = root / (path if path.startswith("tests/") else f"tests/{path}")
+            assert current.is_file(), f"docs/faults.md names {path}, which does not exist"
+        name = test or continued
+        if name:
+            named += 1
+            if not re.search(rf"^def {name}\(", current.read_text(), re.M):
+                missing.append(f"{current.name}::{name}")
+    assert named > 20 and not missing, f"tests named on docs/faults.md that do not exist: {missing}"
