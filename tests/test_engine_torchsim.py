@@ -233,3 +233,23 @@ def test_nvt_langevin_and_fire_run_through_the_runners(copper_model):
                           max_steps=400)
     forces = torch_model(relaxed)["forces"]
     assert forces.norm(dim=1).max() < 0.02
+
+
+def test_cell_relaxation_uses_the_stress(copper_model):
+    """FIRE on positions and cell (TorchSim's Frechet cell filter) takes a compressed and a
+    stretched copper cell, in one batch, to the volume ASE's own cell relaxation finds."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    torch_model = EquimolTorchSimModel(copper_model, device="cpu")
+    systems = [bulk("Cu", "fcc", a=3.5, cubic=True).repeat(2), bulk("Cu", "fcc", a=3.75, cubic=True).repeat((2, 2, 1))]
+    convergence = ts.generate_force_convergence_fn(0.005, include_cell_forces=True)
+    relaxed = ts.optimize(systems, torch_model, optimizer=ts.optimizers.frechet_cell_fire,
+                          convergence_fn=convergence, max_steps=500)
+    volumes = (torch.det(relaxed.cell) / torch.bincount(relaxed.system_idx)).numpy()
+    assert torch_model(relaxed)["stress"].abs().max() < 1e-3
+    reference = systems[0].copy()
+    reference.calc = EquimolCalculator(copper_model)
+    FIRE(FrechetCellFilter(reference), logfile=None).run(fmax=0.005, steps=500)
+    expected = reference.get_volume() / len(reference)
+    assert np.allclose(volumes, expected, rtol=5e-3), f"volumes per atom {volumes} Å³, ASE's {expected:.4f} Å³"
