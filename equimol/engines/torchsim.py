@@ -35,8 +35,14 @@ import torch
 import vesin
 from torch import nn
 from torch_geometric.data import Batch
-from torch_sim.models.interface import ModelInterface
-from torch_sim.state import SimState
+
+try:
+    from torch_sim.models.interface import ModelInterface
+    from torch_sim.state import SimState
+except ImportError as error:
+    raise ImportError(
+        "the TorchSim engine needs TorchSim: pip install torch-sim-atomistic (or equimol's md extra)"
+    ) from error
 
 from equimol import _keys as K
 from equimol.data.graph import DEFAULT_MIN_DISTANCE, atoms_to_graph
