@@ -72,7 +72,8 @@ def test_coincident_atoms_in_a_training_file_name_the_file_frame_atoms_and_dista
     path = _write(tmp_path / "train.xyz", frames)
     with pytest.raises(CloseAtomsError) as error:
         AtomsDataset(path, CUTOFF)
-    assert str(error.value).startswith(f"{path}, frame 1: atoms 2 and 5 are 0 Å apart, closer than min_distance=0.1 Å")
+    expected = f"{path}, frame 1: atoms 2 and 5 are 0 Å apart, closer than min_distance=0.1 Å"
+    assert str(error.value).startswith(expected)
 
 
 def test_atoms_a_hundredth_of_an_angstrom_apart_do_not_pass_silently(tmp_path):
@@ -125,7 +126,8 @@ def test_an_atom_next_to_its_own_periodic_image_is_named():
 
 def test_a_pair_across_the_cell_boundary_names_the_image():
     atoms = Atoms("Cu2", positions=[[0.01, 1, 1], [2.98, 1, 1]], cell=np.eye(3) * 3.0, pbc=True)
-    with pytest.raises(CloseAtomsError, match=r"atoms 0 and 1 \(its periodic image at lattice shift \[-1, 0, 0\]\)"):
+    image = r"atoms 0 and 1 \(its periodic image at lattice shift \[-1, 0, 0\]\) are 0\.03 Å apart"
+    with pytest.raises(CloseAtomsError, match=image):
         atoms_to_graph(atoms, CUTOFF)
 
 
@@ -213,7 +215,7 @@ def test_a_degenerate_cell_in_a_file_names_the_file_and_frame(tmp_path, cell, pb
     good = _labelled(bulk("Cu", "fcc", a=3.6, cubic=True))
     bad = _labelled(Atoms("Cu2", positions=[[0, 0, 0], [1.2, 1.1, 1.0]], cell=cell, pbc=pbc))
     path = _write(tmp_path / "cells.xyz", [good, bad])
-    with pytest.raises(ValueError, match=rf"^{path}, frame 1: the cell is degenerate: its vectors along the periodic"):
+    with pytest.raises(ValueError, match=rf"^{path}, frame 1: the cell is degenerate: its vectors along the"):
         AtomsDataset(path, CUTOFF)
 
 
@@ -240,7 +242,7 @@ def test_a_blank_line_between_frames_is_an_error_not_a_silent_end(tmp_path):
     lines.insert(11, "")
     path.write_text("\n".join(lines))
     assert len(ase.io.read(path, ":")) == 1  # ASE drops frames 1 and 2 without a word
-    with pytest.raises(ValueError, match=rf"^{path}, after frame 0, line 12: could not read structures: a blank line"):
+    with pytest.raises(ValueError, match=rf"^{path}, after frame 0, line 12: could not read structures: a blank"):
         read_frames(path)
 
 
@@ -267,7 +269,8 @@ def test_non_finite_positions_name_file_frame_and_atoms(tmp_path):
     frames = _ethanol_frames()
     frames[1].positions[4, 0] = np.nan
     path = _write(tmp_path / "nan.xyz", frames)
-    with pytest.raises(ValueError, match=rf"^{path}, frame 1: non-finite positions \(NaN or inf\) at atom indices \[4\]"):
+    message = rf"^{path}, frame 1: non-finite positions \(NaN or inf\) at atom indices \[4\]$"
+    with pytest.raises(ValueError, match=message):
         read_frames(path)
 
 

@@ -18,6 +18,7 @@ changes the graph: it keeps every pair with distance < cutoff.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Mapping
 
 import ase
@@ -109,19 +110,40 @@ def radius_graph(
     Raises:
         ValueError: a negative or non-finite cutoff, a degenerate cell (periodic vectors that
             are zero or linearly dependent), a cutoff that would give more than ``max_edges``
-            edges or ``MAX_NEIGHBOURS`` per atom, or atoms so spread out (an atom 1e30 Å away, or a million cells away from
-            a periodic cell) that no neighbour search could cover them; the message names
-            ``source``.
+            edges or ``MAX_NEIGHBOURS`` per atom, or atoms so spread out (an atom 1e30 Å
+            away, or a million cells away from a periodic cell) that no neighbour search could
+            cover them; the message names ``source``.
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     cell = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
     periodic = np.array(np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
     cutoff = _check_cutoff(cutoff)
+    if len(positions) and cutoff > 0:
+        _check_cell(cell, periodic, source)
+    edge_index, shifts, _ = _radius_graph(positions, cell, periodic, cutoff, neighbour_list, source, max_edges)
+    return edge_index, shifts
+
+
+def _radius_graph(
+    positions: np.ndarray,
+    cell: np.ndarray,
+    periodic: np.ndarray,
+    cutoff: float,
+    neighbour_list: vesin.NeighborList | None,
+    source: str,
+    max_edges: int = MAX_EDGES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`radius_graph` of checked arrays (float64 positions, a non-degenerate cell, [3]
+    bool ``periodic``), with the edges' lengths [E] Å as well."""
     if len(positions) == 0 or cutoff == 0:
-        return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
-    _check_cell(cell, periodic, source)
-    estimate = estimated_edge_count(positions, cell, periodic, cutoff)
-    if estimate > max_edges or estimate > MAX_NEIGHBOURS * len(positions):
+        return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64), np.zeros(0)
+    n = len(positions)
+    limit = min(max_edges, MAX_NEIGHBOURS * n)
+    # an open structure has at most n (n - 1) edges: most need no estimate
+    estimate = 0.0
+    if periodic.any() or n * (n - 1) > limit:
+        estimate = estimated_edge_count(positions, cell, periodic, cutoff)
+    if estimate > limit:
         raise ValueError(
             f"{source}: a cutoff of {cutoff:g} Å would give about {estimate:.2g} edges for "
             f"{len(positions)} atoms ({int(periodic.sum())} periodic axes), more than a graph may "
@@ -155,18 +177,16 @@ def radius_graph(
         )
     if neighbour_list is None or float(neighbour_list.cutoff) != search:
         neighbour_list = vesin.NeighborList(cutoff=search, full_list=True)
+    i, j, shifts, distances = neighbour_list.compute(points, box, box_pbc, "ijSd")
     if search > cutoff:
-        i, j, shifts, distances = neighbour_list.compute(points, box, box_pbc, "ijSd")
         keep = distances < cutoff
-        i, j, shifts = i[keep], j[keep], shifts[keep]
-    else:
-        i, j, shifts = neighbour_list.compute(points, box, box_pbc, "ijS")
+        i, j, shifts, distances = i[keep], j[keep], shifts[keep], distances[keep]
     i, j, shifts = i.astype(np.int64), j.astype(np.int64), shifts.astype(np.int64)
     if wraps is not None:  # from the wrapped positions back to the positions as given
         shifts += wraps[i] - wraps[j]
     if (~periodic).any() and shifts[:, ~periodic].any():  # impossible: the vacuum is wide enough
         raise RuntimeError(f"{source}: the neighbour list gave a lattice shift along a non-periodic axis")
-    return np.stack([j, i]), shifts
+    return np.stack([j, i]), shifts, distances
 
 
 def estimated_edge_count(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray | bool, cutoff: float) -> float:
@@ -298,14 +318,13 @@ def atoms_to_graph(
     if on_isolated not in ("error", "ignore"):
         raise ValueError(f"on_isolated must be 'error' or 'ignore', got {on_isolated!r}")
     positions, cell, pbc = structure_arrays(atoms, source)
-    edge_index, shifts = radius_graph(positions, cell, pbc, cutoff, neighbour_list, source=source)
+    edge_index, shifts, lengths = _radius_graph(positions, cell, pbc, cutoff, neighbour_list, source)
 
     if min_distance > 0:
-        if cutoff >= min_distance:
-            near_index, near_shifts = edge_index, shifts
-        else:  # the graph does not reach as far as the check: a short list of its own
-            near_index, near_shifts = radius_graph(positions, cell, pbc, min_distance, source=source)
-        _check_min_distance(positions, cell, near_index, near_shifts, min_distance, source)
+        near = (edge_index, shifts, lengths)
+        if cutoff < min_distance:  # the graph does not reach as far as the check: a list of its own
+            near = _radius_graph(positions, cell, pbc, min_distance, None, source)
+        _check_min_distance(*near, min_distance, source)
 
     if on_isolated == "error" and len(atoms) > 1:
         has_neighbour = np.zeros(len(atoms), dtype=bool)
@@ -332,26 +351,14 @@ def atoms_to_graph(
 
 
 def _check_min_distance(
-    positions: np.ndarray,
-    cell: np.ndarray,
-    edge_index: np.ndarray,
-    shifts: np.ndarray,
-    min_distance: float,
-    source: str,
+    edge_index: np.ndarray, shifts: np.ndarray, lengths: np.ndarray, min_distance: float, source: str
 ) -> None:
     """:class:`CloseAtomsError` naming the closest pair if an edge is shorter than
     ``min_distance``; the edges must cover every pair closer than ``min_distance``."""
-    if edge_index.shape[1] == 0:
-        return
-    j, i = edge_index
-    vectors = positions[j] - positions[i]
-    moved = shifts.any(axis=1)
-    if moved.any():
-        vectors[moved] += shifts[moved] @ cell
-    lengths = np.linalg.norm(vectors, axis=1)
     close = lengths < min_distance
     if not close.any():
         return
+    j, i = edge_index
     # the closest pair; among equals the first (i < j) in index order
     candidates = np.nonzero(lengths == lengths[close].min())[0]
     k = candidates[np.lexsort((j[candidates], i[candidates]))][0]
@@ -411,11 +418,12 @@ def _check_cutoff(cutoff: float, name: str = "cutoff", meaning: str = "0: no edg
 def _check_cell(cell: np.ndarray, periodic: np.ndarray, source: str) -> None:
     """ValueError naming ``source`` unless the periodic cell vectors are finite, non-zero and
     linearly independent (the non-periodic ones are not used)."""
-    lattice = cell[periodic]
-    if not np.isfinite(lattice).all():
+    axes = [k for k in range(3) if periodic[k]]
+    rows = cell.tolist()  # plain floats: far faster than NumPy on 3-vectors
+    lattice = [rows[k] for k in axes]
+    if not all(math.isfinite(x) for row in lattice for x in row):
         raise ValueError(f"{source}: the cell has non-finite (NaN or inf) vectors along periodic axes")
-    lengths = np.linalg.norm(lattice, axis=1)
-    axes = np.nonzero(periodic)[0]
+    lengths = [math.hypot(*row) for row in lattice]
     for axis, length in zip(axes, lengths, strict=True):
         if length == 0:
             raise ValueError(
@@ -424,24 +432,25 @@ def _check_cell(cell: np.ndarray, periodic: np.ndarray, source: str) -> None:
     if len(lattice) < 2:
         return
     measure = _measure(lattice)
-    if measure <= _DEGENERATE * float(np.prod(lengths)):
+    if measure <= _DEGENERATE * math.prod(lengths):
         what = "volume" if len(lattice) == 3 else "area"
         raise ValueError(
-            f"{source}: the cell is degenerate: its vectors along the periodic axes {axes.tolist()} "
+            f"{source}: the cell is degenerate: its vectors along the periodic axes {axes} "
             f"are linearly dependent ({what} {measure:.3g} Å{'³' if len(lattice) == 3 else '²'}); "
             f"cell = {np.round(cell, 6).tolist()}"
         )
 
 
-def _measure(lattice: np.ndarray) -> float:
+def _measure(lattice: np.ndarray | list[list[float]]) -> float:
     """The d-volume spanned by the ``d`` rows of ``lattice``: 1, a length, an area or a volume."""
-    if len(lattice) == 0:
+    rows = lattice.tolist() if isinstance(lattice, np.ndarray) else lattice
+    if len(rows) == 0:
         return 1.0
-    if len(lattice) == 1:
-        return float(np.linalg.norm(lattice[0]))
-    if len(lattice) == 2:
-        return float(np.linalg.norm(np.cross(lattice[0], lattice[1])))
-    return float(abs(np.linalg.det(lattice)))
+    if len(rows) == 1:
+        return math.hypot(*rows[0])
+    if len(rows) == 2:
+        return math.hypot(*_cross(rows[0], rows[1]))
+    return abs(sum(x * y for x, y in zip(rows[0], _cross(rows[1], rows[2]))))
 
 
 def _extent(positions: np.ndarray) -> float:
@@ -468,15 +477,24 @@ _MAX_WRAPS = 1e6
 
 def _heights(box: np.ndarray) -> np.ndarray:
     """The distances between opposite faces of a (non-degenerate) cell, Å."""
-    volume = abs(np.linalg.det(box))
-    return np.array([volume / np.linalg.norm(np.cross(box[(k + 1) % 3], box[(k + 2) % 3])) for k in range(3)])
+    a, b, c = box.tolist()  # plain floats: far faster than NumPy on 3-vectors
+    crosses = [_cross(b, c), _cross(c, a), _cross(a, b)]
+    volume = abs(sum(x * y for x, y in zip(a, crosses[0])))
+    return np.array([volume / math.hypot(*cross) for cross in crosses])
 
 
-def _wrap(positions: np.ndarray, box: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _cross(u: list[float], v: list[float]) -> tuple[float, float, float]:
+    return (u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0])
+
+
+def _wrap(positions: np.ndarray, box: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Positions moved into the cell ``box`` (periodic along all axes), the integer number of
-    cell vectors each was moved by, and the fractional coordinates after the move."""
-    fractional = np.linalg.solve(box.T, positions.T).T
+    cell vectors each was moved by (None: none was moved), and the fractional coordinates
+    after the move."""
+    fractional = positions @ np.linalg.inv(box)
     wraps = np.floor(fractional)
+    if not wraps.any():
+        return positions, None, fractional
     far = np.abs(wraps).max(axis=1)
     if far.max() > _MAX_WRAPS:
         atom = int(np.argmax(far))
@@ -487,21 +505,21 @@ def _wrap(positions: np.ndarray, box: np.ndarray, source: str) -> tuple[np.ndarr
     return positions - wraps @ box, wraps.astype(np.int64), fractional - wraps
 
 
-def _bins(faces: np.ndarray, radius: float) -> np.ndarray:
+def _bins(faces: np.ndarray | list[float], radius: float) -> list[float]:
     """vesin's number of bins along each axis of a box, before it caps their total."""
-    with np.errstate(over="ignore"):  # a cutoff of 1e-300 Å: as many bins as there are
-        return np.clip(np.floor(faces / radius), 1.0, 1e30)
+    return [min(max(math.floor(min(face / radius, 1e30)), 1.0), 1e30) for face in faces]
 
 
 def _search_radius(faces: np.ndarray, radius: float) -> float:
     """The smallest radius >= ``radius`` for which the box, of face distances ``faces``, has
     at most ``_MAX_BINS`` bins of vesin's (bins are at least a radius wide)."""
-    if np.prod(_bins(faces, radius)) <= _MAX_BINS:
+    faces = [float(face) for face in faces]
+    if math.prod(_bins(faces, radius)) <= _MAX_BINS:
         return radius
-    low, high = radius, float(faces.max())  # one bin at `high`
+    low, high = radius, max(faces)  # one bin at `high`
     while high > low * (1.0 + 1e-9):
-        middle = float(np.sqrt(low * high))
-        if np.prod(_bins(faces, middle)) <= _MAX_BINS:
+        middle = math.sqrt(low * high)
+        if math.prod(_bins(faces, middle)) <= _MAX_BINS:
             high = middle
         else:
             low = middle
@@ -510,14 +528,15 @@ def _search_radius(faces: np.ndarray, radius: float) -> float:
 
 def _search_steps(faces: np.ndarray, radius: float) -> float:
     """How many (bin, neighbouring bin) visits vesin makes, empty ones included."""
+    faces = [float(face) for face in faces]
     bins = _bins(faces, radius)
-    reach = np.maximum(np.ceil(radius * bins / faces), 1.0)
-    return float(np.prod(bins) * np.prod(2.0 * reach + 1.0))
+    reach = [max(math.ceil(min(radius * count / face, 1e30)), 1) for count, face in zip(bins, faces)]
+    return math.prod(bins) * math.prod(2.0 * r + 1.0 for r in reach)
 
 
 def _same_bin_pairs(fractional: np.ndarray, faces: np.ndarray, radius: float) -> float:
     """The pairs of atoms that share one of vesin's bins at ``radius``: the least it compares."""
-    bins = _bins(faces, radius)
+    bins = np.array(_bins(faces, radius))
     index = np.clip(np.floor(fractional * bins), 0, bins - 1).astype(np.int64)
     _, counts = np.unique(index, axis=0, return_counts=True)
     return float(np.sum(counts.astype(np.float64) ** 2))
