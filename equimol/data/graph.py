@@ -12,8 +12,11 @@ size (:data:`MAX_EDGES`, :data:`MAX_NEIGHBOURS`), and no two atoms closer than `
 beyond the structure's own size: along non-periodic axes no pair is farther apart than the
 atoms' extent, so the search radius of an open structure is cut to just above that extent,
 and the open axes of a mixed-periodic cell are replaced by vacuum vectors longer than the
-cutoff plus the extent (no periodic image along them is ever within the cutoff). Neither
-changes the graph: it keeps every pair with distance < cutoff.
+cutoff plus the extent (no periodic image along them is ever within the cutoff). Positions are
+wrapped into periodic cells before vesin sees them, and a box so long or flat that vesin
+could not share it out into bins of the cutoff's width is searched with a wider radius whose
+extra pairs are dropped. None of this changes the graph: it keeps every pair with distance
+< cutoff. A structure too spread out for any search (an atom 1e30 Å away) is an error.
 """
 
 from __future__ import annotations
@@ -44,9 +47,9 @@ __all__ = [
 ]
 
 #: Default smallest distance, Å, that two atoms (or an atom and a periodic image) may have:
-#: far below any physical contact (the H2 bond is 0.74 Å, the closest encounters of hot
-#: molecular dynamics stay above 0.5 Å), far above the overlaps of broken data (a duplicated
-#: atom, a frame written twice into one structure, a wrapping error).
+#: far below any physical contact (the H2 bond is 0.74 Å; even hot molecular dynamics rarely
+#: brings two nuclei within 0.5 Å), far above the overlaps of broken data (a duplicated atom,
+#: a frame written twice into one structure, a wrapping error).
 DEFAULT_MIN_DISTANCE = 0.1
 
 #: The most edges one structure's graph may have, as estimated from the cutoff and the
@@ -137,6 +140,7 @@ def _radius_graph(
     bool ``periodic``), with the edges' lengths [E] Å as well."""
     if len(positions) == 0 or cutoff == 0:
         return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64), np.zeros(0)
+    positions = np.ascontiguousarray(positions)
     n = len(positions)
     limit = min(max_edges, MAX_NEIGHBOURS * n)
     # an open structure has at most n (n - 1) edges: most need no estimate
