@@ -1,7 +1,7 @@
 """Structures to graphs: neighbour lists, data sets, splits and training-set statistics."""
 
 from equimol.data.dataset import AtomsDataset
-from equimol.data.graph import IsolatedAtomError, atoms_to_graph, edge_vectors, radius_graph
+from equimol.data.graph import CloseAtomsError, IsolatedAtomError, atoms_to_graph, edge_vectors, radius_graph
 from equimol.data.io import MissingKeyError, read_frames
 from equimol.data.split import split_indices
 from equimol.data.statistics import DatasetStatistics, compute_statistics
@@ -11,6 +11,7 @@ __all__ = [
     "radius_graph",
     "edge_vectors",
     "IsolatedAtomError",
+    "CloseAtomsError",
     "AtomsDataset",
     "read_frames",
     "MissingKeyError",
