@@ -190,3 +190,43 @@ def write_fit_config() -> Callable[..., Path]:
     """``write_fit_config(path, data, model, trainer=None, model_class=PairNN's path)``: a small
     ``equimol fit`` config file (see ``_write_fit_config``)."""
     return _write_fit_config
+
+
+@pytest.fixture(scope="session")
+def fitted_copper_backend():
+    """An ``Eager`` backend of a tiny float64 ``EquivariantPotential`` (species Cu, H, C, O,
+    cutoff 4 Å) fitted for a few seconds to EMT copper: an untrained one pulls atoms together,
+    a fitted one keeps fcc copper stable for MD tests. Fitted once per test session, with one
+    torch thread, and shared by the engine tests."""
+    from torch_geometric.data import Batch
+
+    from equimol.data.graph import atoms_to_graph
+    from equimol.engines import Eager
+    from equimol.models.equivariant import EquivariantPotential
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        rng = np.random.default_rng(0)
+        frames = []
+        for _ in range(6):
+            atoms = bulk("Cu", "fcc", a=3.6 * (1 + rng.uniform(-0.03, 0.03)), cubic=True).repeat((2, 2, 1))
+            atoms.rattle(0.12, rng=rng)
+            atoms.calc = EMT()
+            labels = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+            frames.append(atoms_to_graph(atoms, 4.0, labels, dtype=torch.float64))
+        batch = Batch.from_data_list(frames)
+        atoms_per_frame = torch.bincount(batch.batch).double()
+        potential = EquivariantPotential(["Cu", "H", "C", "O"], cutoff=4.0, channels=4, num_layers=2).double().train()
+        optimizer = torch.optim.Adam(potential.parameters(), lr=3e-2)
+        for _ in range(50):
+            out = potential(batch, compute_forces=True)
+            loss = (((out["energy"] - batch.energy) / atoms_per_frame) ** 2).mean()
+            loss = loss + ((out["forces"] - batch.forces) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return Eager(potential.eval())
+    finally:
+        torch.set_num_threads(threads)

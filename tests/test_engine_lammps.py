@@ -9,11 +9,8 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
-from ase.calculators.emt import EMT
 from ase.calculators.lammps import Prism
-from torch_geometric.data import Batch
 
-from equimol.data.graph import atoms_to_graph
 from equimol.engines import Eager, EquimolCalculator
 from equimol.models.equivariant import EquivariantPotential
 
@@ -57,29 +54,10 @@ def model() -> Eager:
 
 
 @pytest.fixture(scope="module")
-def copper_model(one_thread) -> Eager:
-    """The tiny model fitted for a few seconds to EMT copper, stable enough for MD."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    frames = []
-    for _ in range(6):
-        atoms = bulk("Cu", "fcc", a=3.6 * (1 + rng.uniform(-0.03, 0.03)), cubic=True).repeat((2, 2, 1))
-        atoms.rattle(0.12, rng=rng)
-        atoms.calc = EMT()
-        labels = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
-        frames.append(atoms_to_graph(atoms, CUTOFF, labels, dtype=torch.float64))
-    batch = Batch.from_data_list(frames)
-    atoms_per_frame = torch.bincount(batch.batch).double()
-    potential = EquivariantPotential(SPECIES, cutoff=CUTOFF, channels=4, num_layers=2).double().train()
-    optimizer = torch.optim.Adam(potential.parameters(), lr=3e-2)
-    for _ in range(50):
-        out = potential(batch, compute_forces=True)
-        loss = (((out["energy"] - batch.energy) / atoms_per_frame) ** 2).mean()
-        loss = loss + ((out["forces"] - batch.forces) ** 2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return Eager(potential.eval())
+def copper_model(one_thread, fitted_copper_backend) -> Eager:
+    """The tiny model fitted to EMT copper (shared by the engine tests, see conftest)."""
+    assert fitted_copper_backend.cutoff == CUTOFF
+    return fitted_copper_backend
 
 
 def _assert_close(actual, expected, what: str, rtol: float = 1e-10) -> None:
