@@ -110,7 +110,9 @@ class EquimolCalculator(Calculator):
             on_isolated="ignore",
             source="EquimolCalculator",
             neighbour_list=self._neighbours,
-        ).to(self.backend.device)
+        )
+        if self.backend.device.type != "cpu":  # the graph is built on the CPU; moving it there again costs a copy per field
+            graph = graph.to(self.backend.device)
         out = self.backend.compute(graph, compute_stress=want_stress)
         energy = out[K.ENERGY].double().sum().item()
         forces = out[K.FORCES].cpu().numpy().astype(np.float64)
