@@ -192,6 +192,27 @@ def write_fit_config() -> Callable[..., Path]:
     return _write_fit_config
 
 
+def _write_tiny_ethanol_config(path: Path, split: Sequence[float] = (0.8, 0.2), **trainer: Any) -> Path:
+    """An ``equimol fit`` config of a tiny ``EquivariantPotential`` (2 channels, 1 layer, cutoff
+    3 Å) on the shipped ethanol sample, batch 5, one epoch without sanity checks, with the
+    trainer settings ``trainer`` (for example ``limit_train_batches=2``)."""
+    return _write_fit_config(
+        path,
+        data={"cutoff": 3.0, "sample": "ethanol_gfn2", "batch_size": 5, "split": list(split)},
+        model={"species": ["H", "C", "O"], "cutoff": 3.0, "channels": 2, "num_layers": 1},
+        trainer={"num_sanity_val_steps": 0, **trainer},
+        model_class="equimol.models.equivariant.EquivariantPotential",
+    )
+
+
+@pytest.fixture(scope="session")
+def write_tiny_ethanol_config() -> Callable[..., Path]:
+    """``write_tiny_ethanol_config(path, split=(0.8, 0.2), **trainer)``: the config of a tiny
+    potential on the shipped ethanol sample, for tests that fit a run to inspect its files
+    (see ``_write_tiny_ethanol_config``)."""
+    return _write_tiny_ethanol_config
+
+
 @pytest.fixture(scope="session")
 def fitted_copper_backend():
     """An ``Eager`` backend of a tiny float64 ``EquivariantPotential`` (species Cu, H, C, O,

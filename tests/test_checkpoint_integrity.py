@@ -17,28 +17,14 @@ from equimol.cli import main as equimol_main
 from equimol.train.checkpoints import CheckpointError, load_checkpoint, verify_checkpoint
 from equimol.train.module import PotentialModule, load_potential
 
-CONFIG = """
-trainer: {max_epochs: 1, limit_train_batches: 2, limit_val_batches: 1, num_sanity_val_steps: 0,
-          logger: false, enable_progress_bar: false, enable_model_summary: false}
-model:
-  class_path: equimol.train.PotentialModule
-  init_args:
-    model:
-      class_path: equimol.models.equivariant.EquivariantPotential
-      init_args: {species: [H, C, O], cutoff: 3.0, channels: 2, num_layers: 1}
-data:
-  class_path: equimol.train.AtomsDataModule
-  init_args: {cutoff: 3.0, sample: ethanol_gfn2, batch_size: 5, split: [0.8, 0.2]}
-"""
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
+def trained(tmp_path_factory, write_tiny_ethanol_config) -> tuple[Path, Path]:
     """The config and the run folder of a model fitted for one epoch of two steps (with a best
     and a last checkpoint)."""
     root = tmp_path_factory.mktemp("integrity")
-    config = root / "config.in.yaml"
-    config.write_text(CONFIG)
+    config = write_tiny_ethanol_config(root / "config.in.yaml", limit_train_batches=2, limit_val_batches=1)
     assert equimol_main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root / "run")]) == 0
     names = sorted(path.name for path in (root / "run" / "checkpoints").glob("*.ckpt"))
     assert names == ["best-epoch=000.ckpt", "last.ckpt"], names

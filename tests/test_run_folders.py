@@ -17,31 +17,19 @@ import yaml
 from equimol.cli import main as equimol_main
 from equimol.data.samples import sample_path
 
-CONFIG = """
-trainer: {max_epochs: 1, limit_train_batches: 2, limit_val_batches: 1, limit_test_batches: 1,
-          limit_predict_batches: 1, num_sanity_val_steps: 0, logger: false, enable_progress_bar: false,
-          enable_model_summary: false}
-model:
-  class_path: equimol.train.PotentialModule
-  init_args:
-    model:
-      class_path: equimol.models.equivariant.EquivariantPotential
-      init_args: {species: [H, C, O], cutoff: 3.0, channels: 2, num_layers: 1}
-data:
-  class_path: equimol.train.AtomsDataModule
-  init_args: {cutoff: 3.0, sample: ethanol_gfn2, batch_size: 5, split: [0.8, 0.1, 0.1]}
-"""
 
 RUN_FILES = ("config.yaml", "split.json", "statistics.json")
 CHECKPOINTS = ["best-epoch=000.ckpt", "last.ckpt"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
+def trained(tmp_path_factory, write_tiny_ethanol_config) -> tuple[Path, Path]:
     """The config and the folder of a run fitted for one epoch of two steps."""
     root = tmp_path_factory.mktemp("folders")
-    config = root / "config.in.yaml"
-    config.write_text(CONFIG)
+    config = write_tiny_ethanol_config(
+        root / "config.in.yaml", split=(0.8, 0.1, 0.1), limit_train_batches=2, limit_val_batches=1,
+        limit_test_batches=1, limit_predict_batches=1,
+    )
     assert equimol_main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root / "run")]) == 0
     return config, root / "run"
 

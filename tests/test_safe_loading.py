@@ -21,19 +21,6 @@ from equimol.train.module import load_potential
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CONFIG = """
-trainer: {max_epochs: 1, limit_train_batches: 1, limit_val_batches: 1, num_sanity_val_steps: 0,
-          logger: false, enable_progress_bar: false, enable_model_summary: false}
-model:
-  class_path: equimol.train.PotentialModule
-  init_args:
-    model:
-      class_path: equimol.models.equivariant.EquivariantPotential
-      init_args: {species: [H, C, O], cutoff: 3.0, channels: 2, num_layers: 1}
-data:
-  class_path: equimol.train.AtomsDataModule
-  init_args: {cutoff: 3.0, sample: ethanol_gfn2, batch_size: 5, split: [0.8, 0.2]}
-"""
 
 FOREIGN = '''
 import pathlib
@@ -53,11 +40,10 @@ def make_optimizer(params):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, dict]:
+def trained(tmp_path_factory, write_tiny_ethanol_config) -> tuple[Path, dict]:
     """The config file and the last checkpoint (as a dict) of a model fitted for one step."""
     root = tmp_path_factory.mktemp("safe")
-    config = root / "config.in.yaml"
-    config.write_text(CONFIG)
+    config = write_tiny_ethanol_config(root / "config.in.yaml", limit_train_batches=1, limit_val_batches=1)
     assert equimol_main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root / "run")]) == 0
     return config, torch.load(root / "run" / "checkpoints" / "last.ckpt", weights_only=True)
 
