@@ -193,10 +193,9 @@ class Package(InferenceBackend):
         return out
 
 
-def load_model(source: str | os.PathLike | nn.Module, device: str | torch.device = "cpu") -> Potential:
-    """The potential in ``source``, in eval mode on ``device``: a checkpoint (``.ckpt``) of
-    ``equimol fit`` (the EMA weights when EMA was on), or a model object (a Lightning module
-    gives its ``model``; the object is copied, never changed)."""
+def _potential_in(source: str | os.PathLike | nn.Module, device: str | torch.device) -> Potential:
+    """The potential in ``source``: loaded from a checkpoint onto ``device``, or, for a model
+    object, the object itself (a Lightning module's ``model``), neither copied nor changed."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
@@ -210,12 +209,21 @@ def load_model(source: str | os.PathLike | nn.Module, device: str | torch.device
 
         model = load_potential(str(path), map_location=device).model
     elif isinstance(source, nn.Module):
-        model = copy.deepcopy(source)
-        model = model.model if isinstance(getattr(model, "model", None), Potential) else model
+        model = source.model if isinstance(getattr(source, "model", None), Potential) else source
     else:
         raise TypeError(f"expected a checkpoint path or a torch.nn.Module, got {type(source).__name__}")
     if not isinstance(model, Potential):
         raise TypeError(f"expected an equimol Potential, got {type(model).__name__}")
+    return model
+
+
+def load_model(source: str | os.PathLike | nn.Module, device: str | torch.device = "cpu") -> Potential:
+    """The potential in ``source``, in eval mode on ``device``: a checkpoint (``.ckpt``) of
+    ``equimol fit`` (the EMA weights when EMA was on), or a model object (a Lightning module
+    gives its ``model``; the object is copied, never changed)."""
+    model = _potential_in(source, device)
+    if isinstance(source, nn.Module):
+        model = copy.deepcopy(model)
     return model.to(device).eval()
 
 
@@ -241,12 +249,14 @@ def load_backend(
         return source
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".pt2":
         return Package(source, device, dtype)
-    model = load_model(source, device)
+    # the backend copies the model once; the caller's object is never changed
+    model = _potential_in(source, device)
     if compile:
         return Compiled(model, device, dtype)
-    if compile is False and isinstance(model, EquivariantPotential):
-        model.set_compile(False)
-    return Eager(model, device, dtype)
+    backend = Eager(model, device, dtype)
+    if compile is False and isinstance(backend.model, EquivariantPotential):
+        backend.model.set_compile(False)
+    return backend
 
 
 def _is_torchscript(path: Path) -> bool:
