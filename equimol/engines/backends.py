@@ -33,13 +33,12 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch_geometric.data import Data
-from torch_geometric.utils import scatter
 
 from equimol import _keys as K
 from equimol.data.graph import edge_vectors
-from equimol.models._traced import virial_from_edge_gradients
+from equimol.models._traced import outputs_from_edge_gradients
 from equimol.models.aot import AOT_FORMAT
-from equimol.models.base import Potential, num_structures, stress_from_virial, structure_index
+from equimol.models.base import Potential
 from equimol.models.equivariant import EquivariantPotential
 from equimol.models.species import SpeciesIndex
 
@@ -180,17 +179,7 @@ class Package(InferenceBackend):
         cell = graph.cell.reshape(-1, 3, 3)
         vectors = edge_vectors(graph.pos, graph.edge_index, graph.edge_shift, cell, batch)
         per_atom, forces, edge_grad = self.edge_outputs(self.species_index(graph.z), vectors, graph.edge_index)
-        structures, count = structure_index(graph), num_structures(graph)
-        out = {
-            K.ENERGY: scatter(per_atom, structures, dim=0, dim_size=count, reduce="sum"),
-            K.PER_ATOM_ENERGY: per_atom,
-            K.FORCES: forces,
-        }
-        if compute_stress:
-            edge_structure = structures.index_select(0, graph.edge_index[1])
-            virial = virial_from_edge_gradients(vectors, edge_grad, edge_structure, count)
-            out[K.STRESS] = stress_from_virial(virial, graph)
-        return out
+        return outputs_from_edge_gradients(graph, vectors, per_atom, forces, edge_grad, compute_stress=compute_stress)
 
 
 def _potential_in(source: str | os.PathLike | nn.Module, device: str | torch.device) -> Potential:

@@ -19,9 +19,15 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch_geometric.data import Data
+from torch_geometric.utils import scatter
+
+from equimol import _keys as K
+from equimol.models.base import num_structures, stress_from_virial, structure_index
 
 __all__ = [
     "TracedEdgeGradients",
+    "outputs_from_edge_gradients",
     "forces_from_edge_gradients",
     "trace_edge_gradients",
     "virial_from_edge_gradients",
@@ -52,6 +58,38 @@ def virial_from_edge_gradients(
     outer = (edge_vec.unsqueeze(2) * edge_grad.unsqueeze(1)).reshape(-1, 9)
     virial = outer.new_zeros((num_structures, 9)).index_add(0, edge_structure, outer).reshape(-1, 3, 3)
     return 0.5 * (virial + virial.transpose(1, 2))
+
+
+def outputs_from_edge_gradients(
+    data: Data,
+    edge_vec: torch.Tensor,
+    per_atom: torch.Tensor,
+    forces: torch.Tensor,
+    edge_grad: torch.Tensor,
+    compute_forces: bool = True,
+    compute_stress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """A potential's outputs (as :meth:`~equimol.models.Potential.forward` gives them) from
+    the outputs of a traced graph or a package on the edges of ``data``.
+
+    Args:
+        data: the graph or batch (``edge_index``, ``cell``, ``pbc``, ``batch``).
+        edge_vec: [E, 3] Å, the edge vectors the graph was evaluated on.
+        per_atom: [N] eV; forces: [N, 3] eV/Å; edge_grad: [E, 3] eV/Å, ``dE/d edge_vec``.
+
+    Returns:
+        ``energy [B]``, ``per_atom_energy [N]``, and when asked ``forces [N, 3]`` and
+        ``stress [B, 3, 3]`` eV/Å³ (from the virial of the edge gradients).
+    """
+    structures, count = structure_index(data), num_structures(data)
+    out = {K.ENERGY: scatter(per_atom, structures, dim=0, dim_size=count, reduce="sum"), K.PER_ATOM_ENERGY: per_atom}
+    if compute_forces:
+        out[K.FORCES] = forces
+    if compute_stress:
+        edge_structure = structures.index_select(0, data.edge_index[1])
+        virial = virial_from_edge_gradients(edge_vec, edge_grad, edge_structure, count)
+        out[K.STRESS] = stress_from_virial(virial, data)
+    return out
 
 
 class TracedEdgeGradients:

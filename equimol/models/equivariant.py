@@ -33,9 +33,9 @@ from torch_geometric.utils import scatter
 
 from equimol import _keys as K
 from equimol.data.graph import edge_vectors
-from equimol.models._traced import TracedEdgeGradients, virial_from_edge_gradients
 from equimol.data.statistics import DatasetStatistics
-from equimol.models.base import Potential, num_structures, stress_from_virial, structure_index
+from equimol.models._traced import TracedEdgeGradients, outputs_from_edge_gradients
+from equimol.models.base import Potential, num_structures, structure_index
 from equimol.models.species import species_to_atomic_numbers
 from equimol.nn import (
     InteractionBlock,
@@ -236,22 +236,10 @@ class EquivariantPotential(Potential):
         graph when the model was built with ``compile=True``."""
         if self.traced is None or not (compute_forces or compute_stress):
             return super().forward(data, compute_forces, compute_stress)
-        batch = getattr(data, K.BATCH, None)
-        structures = structure_index(data)
-        count = num_structures(data)
         cell = data.cell.reshape(-1, 3, 3)
-        types = self.species_index(data.z)
-        vectors = edge_vectors(data.pos, data.edge_index, data.edge_shift, cell, batch).detach()
-        per_atom, forces, edge_grad = self.traced(types, vectors, data.edge_index)
-        energy = scatter(per_atom, structures, dim=0, dim_size=count, reduce="sum")
-        out = {K.ENERGY: energy, K.PER_ATOM_ENERGY: per_atom}
-        if compute_forces:
-            out[K.FORCES] = forces
-        if compute_stress:
-            edge_structure = structures.index_select(0, data.edge_index[1])
-            virial = virial_from_edge_gradients(vectors, edge_grad, edge_structure, count)
-            out[K.STRESS] = stress_from_virial(virial, data)
-        return out
+        vectors = edge_vectors(data.pos, data.edge_index, data.edge_shift, cell, getattr(data, K.BATCH, None)).detach()
+        per_atom, forces, edge_grad = self.traced(self.species_index(data.z), vectors, data.edge_index)
+        return outputs_from_edge_gradients(data, vectors, per_atom, forces, edge_grad, compute_forces, compute_stress)
 
     def _reference_shifts(self, reference_energies: Mapping[Any, float]) -> list[float]:
         by_z = {}
