@@ -221,7 +221,9 @@ class AtomsDataModule(pl.LightningDataModule):
     and the key); species absent from the training data are allowed here.
 
     Args:
-        cutoff: radius of the graphs, Å; must equal the model's cutoff.
+        cutoff: radius of the graphs, Å; must equal the model's cutoff. Leave it out of a
+            training config: ``equimol fit`` takes the model's (``model...cutoff``), so the
+            cutoff is written once. Python code gives it here.
         generator: ``{name: <generator>, <its arguments>}``, a generator of
             ``equimol.generate.GENERATORS`` (``toy2d``, ``lj-cluster``, ``lj-gravity-mc``,
             ``emt-md``, ``molecule-md``); its ``seed`` defaults to ``seed``.
@@ -267,7 +269,7 @@ class AtomsDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        cutoff: float,
+        cutoff: float | None = None,
         generator: dict[str, Any] | None = None,
         path: str | None = None,
         val_path: str | None = None,
@@ -295,6 +297,9 @@ class AtomsDataModule(pl.LightningDataModule):
                 "data: give exactly one of 'generator', 'path' or 'sample'"
                 + (f" (got {given})" if given else " (got none)")
             )
+        if cutoff is None:
+            raise ValueError("data.cutoff is not set: give the radius of the graphs in Å (equimol fit takes "
+                             "the model's cutoff when the config leaves it out)")
         if not (cutoff > 0):
             raise ValueError(f"data.cutoff must be a positive number of Å, got {cutoff!r}")
         if not (min_distance >= 0):
