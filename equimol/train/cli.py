@@ -1,4 +1,4 @@
-"""``equimol fit | validate | test | predict``: Lightning's CLI over equimol's modules.
+"""``equimol fit | validate | test``: Lightning's CLI over equimol's modules.
 
 A config names the LightningModule and the LightningDataModule by ``class_path`` (any
 importable class: ``equimol.train.PotentialModule`` with any potential inside it, a user's
@@ -20,7 +20,10 @@ key                callback
 =================  =====================================================================
 
 jsonargparse validates every key and type: a misspelt key or a wrong type stops the run
-with a message that names it. Command-line flags override any key
+with a message that names it.
+The cutoff is written once, in the model (``model.init_args.model.init_args.cutoff``): a
+data section that leaves ``cutoff`` out builds its graphs with the model's, and a cutoff
+given in both places must be the same number of Å. Command-line flags override any key
 (``--trainer.max_epochs 5``, ``--data.init_args.batch_size 8``); they are never abbreviated.
 ``equimol fit --help`` lists the options of the model and the data module (those of the
 classes a ``--config`` names, or of :class:`~equimol.train.PotentialModule` and
@@ -55,7 +58,7 @@ from equimol.train.callbacks import EMA, BestAndLastCheckpoint, LearningRateLogg
 from equimol.train.guards import NonFiniteGuard
 from equimol.train.module import check_cutoffs
 
-__all__ = ["EquimolCLI", "main", "fit_main", "validate_main", "test_main", "predict_main", "finish_wandb",
+__all__ = ["EquimolCLI", "main", "fit_main", "validate_main", "test_main", "finish_wandb",
            "short_help", "DEFAULT_ROOT_DIR"]
 
 DEFAULT_ROOT_DIR = "runs/equimol"
@@ -191,6 +194,7 @@ class EquimolCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        _fill_data_cutoff(config)
         _check_config_cutoffs(config)
         _default_logger_dir(config)
         if self.subcommand == "fit":
@@ -206,11 +210,32 @@ def _get(namespace: Any, dotted: str) -> Any:
     return value
 
 
+#: Where a config gives the cutoff (Å) of the model and of the data module's graphs.
+MODEL_CUTOFF_KEY = "model.init_args.model.init_args.cutoff"
+DATA_CUTOFF_KEY = "data.init_args.cutoff"
+
+
+def _fill_data_cutoff(config: Any) -> None:
+    """The cutoff is written once, in the model: a data module whose ``cutoff`` the config
+    leaves out (None) builds its graphs with the model's (``model.init_args.model.init_args.cutoff``).
+
+    Only a data module that takes a ``cutoff`` argument is given one; a model without a
+    cutoff leaves it None (``AtomsDataModule`` then names ``data.cutoff`` in its error).
+    A cutoff given in both places is checked by :func:`_check_config_cutoffs`.
+    """
+    init_args = _get(config, "data.init_args")
+    model_cutoff = _get(config, MODEL_CUTOFF_KEY)
+    if not isinstance(init_args, Namespace) or "cutoff" not in init_args or model_cutoff is None:
+        return
+    if init_args["cutoff"] is None:
+        init_args["cutoff"] = float(model_cutoff)
+
+
 def _check_config_cutoffs(config: Any) -> None:
     """Fail before anything is built if ``model.init_args.model.init_args.cutoff`` and
     ``data.init_args.cutoff`` disagree."""
-    model_cutoff = _get(config, "model.init_args.model.init_args.cutoff")
-    data_cutoff = _get(config, "data.init_args.cutoff")
+    model_cutoff = _get(config, MODEL_CUTOFF_KEY)
+    data_cutoff = _get(config, DATA_CUTOFF_KEY)
     check_cutoffs(model_cutoff, data_cutoff)
 
 
@@ -338,8 +363,8 @@ def _run(argv: list[str] | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``equimol fit|validate|test|predict`` from Python; ``argv`` starts with the
-    subcommand (default: the command line). Returns the exit code 0; a parse error is
+    """Run ``equimol fit|validate|test`` (or LightningCLI's ``predict``) from Python; ``argv``
+    starts with the subcommand (default: the command line). Returns the exit code 0; a parse error is
     printed in one line and raises ``SystemExit(2)``; other errors propagate."""
     try:
         _run(None if argv is None else list(argv))
@@ -421,11 +446,6 @@ def test_main(argv: list[str]) -> int:
     return _subcommand_main("test", argv)
 
 
-def predict_main(argv: list[str]) -> int:
-    """``equimol predict ARGS``: predictions on the test split."""
-    return _subcommand_main("predict", argv)
-
-
 # --------------------------------------------------------------------------------------
 # equimol fit --help: the options of the model and the data first, one line per other group
 
@@ -437,7 +457,6 @@ _PURPOSE = {
     "fit": "Train a model",
     "validate": "Metrics on the validation split",
     "test": "Metrics on the test split",
-    "predict": "Predictions on the test split",
 }
 _GROUPS = {
     "trainer": "Lightning's Trainer",
@@ -462,7 +481,6 @@ _OWN_OPTIONS = {
     "ckpt_path": ("--ckpt_path PATH", "checkpoint to start from ('last': the run's last.ckpt, resuming it)"),
     "weights_only": ("--weights_only BOOL", "load the checkpoint with torch.load(weights_only=...)"),
     "verbose": ("--verbose BOOL", "print the metrics"),
-    "return_predictions": ("--return_predictions BOOL", "keep the predictions in memory"),
 }
 _EVAL_CKPT = ("--ckpt_path PATH", "the checkpoint to use: a path, 'best' or 'last'")
 _RUN_OPTIONS = {
