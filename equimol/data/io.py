@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import ase
 import ase.db
@@ -24,6 +24,7 @@ from equimol import _keys as K
 
 __all__ = [
     "read_frames",
+    "iter_frames",
     "parse_source",
     "frame_labels",
     "frame_info_values",
@@ -64,6 +65,24 @@ def read_frames(path: str | os.PathLike, index: str | int | slice = ":") -> list
             the file and, where known, the frame. Whatever ASE raises on a malformed file
             (``IndexError``, ``UnicodeDecodeError``...) comes as this ValueError.
     """
+    return list(iter_frames(path, index))
+
+
+def iter_frames(path: str | os.PathLike, index: str | int | slice = ":") -> Iterator[ase.Atoms]:
+    """The frames of a structure file or an ASE database, one at a time (``ase.io.iread``).
+
+    The streaming form of :func:`read_frames`, for files too large to hold: the same files,
+    the same frame selection, the same checks and error messages, but each frame is read
+    when it is asked for and can be dropped before the next one is read.
+
+    The path and the index are checked at once (a missing file raises here); the frames
+    are read, and a damaged frame raises, only while iterating. A frame is checked (finite
+    positions and cell) before it is handed out, so the frames before a bad one arrive
+    before its error.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_frames`.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such structure file")
@@ -73,30 +92,39 @@ def read_frames(path: str | os.PathLike, index: str | int | slice = ":") -> list
         raise ValueError(f"{path}: the file is empty")
     try:
         selection = string2index(index) if isinstance(index, str) else index
-    except ValueError as error:
-        raise ValueError(
-            f"{path}: cannot read frames {index!r}: not an index or a slice such as ':' or '-10:'"
-        ) from error
-    frames: list[ase.Atoms] = []
-    try:
-        if path.suffix == ".db":
-            frames = _read_database(path, selection)
-        else:
-            if path.suffix.lower() in _XYZ_SUFFIXES:
-                _check_xyz_layout(path, selection)
-            # one frame at a time, so that an error can say which frame it is in
-            for atoms in ase.io.iread(str(path), index=selection, do_not_split_by_at_sign=True):
-                frames.append(atoms)
-    except _LayoutError as error:
-        raise ValueError(str(error)) from None
-    except Exception as error:  # ASE raises many types (XYZError, IndexError, UnicodeDecodeError, ...)
-        where = "" if path.suffix == ".db" else _frame_in_file(selection, len(frames))
-        raise ValueError(f"{path}{where}: could not read structures ({type(error).__name__}: {error})") from error
-    if len(frames) == 0:
+    except ValueError:
+        selection = None
+    if isinstance(selection, bool) or not isinstance(selection, (int, slice)):  # ASE hands back other text as it is
+        raise ValueError(f"{path}: cannot read frames {index!r}: not an index or a slice such as ':' or '-10:'")
+    return _frames_of(path, index, selection)
+
+
+def _frames_of(path: Path, index: str | int | slice, selection: int | slice) -> Iterator[ase.Atoms]:
+    """The checked frames ``selection`` of ``path`` (see :func:`iter_frames`)."""
+    count = 0
+    frames = _database_frames(path, selection) if path.suffix == ".db" else _file_frames(path, selection)
+    while True:
+        try:
+            atoms = next(frames)
+        except StopIteration:
+            break
+        except _LayoutError as error:
+            raise ValueError(str(error)) from None
+        except Exception as error:  # ASE raises many types (XYZError, IndexError, UnicodeDecodeError, ...)
+            where = "" if path.suffix == ".db" else _frame_in_file(selection, count)
+            raise ValueError(f"{path}{where}: could not read structures ({type(error).__name__}: {error})") from error
+        _check_frame(atoms, f"{path}{_frame_in_file(selection, count)}")
+        count += 1
+        yield atoms
+    if count == 0:
         raise ValueError(f"{path}: no structures found (index {index!r})")
-    for number, atoms in enumerate(frames):
-        _check_frame(atoms, f"{path}{_frame_in_file(selection, number)}")
-    return frames
+
+
+def _file_frames(path: Path, selection: int | slice) -> Iterator[ase.Atoms]:
+    if path.suffix.lower() in _XYZ_SUFFIXES:
+        _check_xyz_layout(path, selection)
+    # one frame at a time, so that an error can say which frame it is in
+    yield from ase.io.iread(str(path), index=selection, do_not_split_by_at_sign=True)
 
 
 _XYZ_SUFFIXES = (".xyz", ".extxyz")
@@ -210,14 +238,26 @@ def parse_source(source: str | os.PathLike) -> tuple[Path, str | None]:
     return Path(text), None
 
 
-def _read_database(path: Path, selection: int | slice) -> list[ase.Atoms]:
+def _database_frames(path: Path, selection: int | slice) -> Iterator[ase.Atoms]:
+    """The rows ``selection`` of an ASE database as frames, read one at a time."""
     with ase.db.connect(path) as database:
-        rows = list(database.select())
-    if isinstance(selection, int):
-        rows = [rows[selection]]
-    else:
-        rows = rows[selection]
-    return [_row_to_atoms(row) for row in rows]
+        count = database.count()
+        wanted = range(count)[selection]
+        if isinstance(wanted, int):
+            wanted = range(wanted, wanted + 1)
+        if not wanted:
+            return
+        step, first, last = wanted.step, min(wanted[0], wanted[-1]), max(wanted[0], wanted[-1])
+        if step > 0:
+            for position, row in enumerate(database.select()):
+                if position > last:
+                    break
+                if position >= first and (position - first) % step == 0:
+                    yield _row_to_atoms(row)
+        else:  # backwards: the rows of the selection are read, then handed out in its order
+            rows = [row for position, row in enumerate(database.select())
+                    if first <= position <= last and (position - first) % -step == 0]
+            yield from (_row_to_atoms(row) for row in reversed(rows))
 
 
 def _row_to_atoms(row) -> ase.Atoms:
