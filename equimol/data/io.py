@@ -141,61 +141,181 @@ def _check_xyz_layout(path: Path, selection: int | slice) -> None:
     than the lines that follow (ASE would count through them one by one, for as long as the
     number says), a blank line with frames after it (ASE stops there and drops them without
     a word), or bytes that are not UTF-8 text. Only the frames up to the last one selected
-    are checked, as ASE only reads those."""
-    data = path.read_bytes()
-    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
-    starts = np.concatenate([[0], ends + 1])
-    stops = np.concatenate([ends, [len(data)]])
-    n_lines = len(starts) if len(data) > starts[-1] else len(starts) - 1
+    are checked, as ASE only reads those.
 
-    def line(k: int) -> bytes:
-        return data[starts[k] : stops[k]]
-
+    The file is read in blocks (:class:`_Lines`), so the check takes the same memory for a
+    file of any size."""
     last = None  # the frames ASE scans: up to the last one selected, where that is known
     if isinstance(selection, int) and selection >= 0:
         last = selection + 1
     elif isinstance(selection, slice) and selection.stop is not None and selection.stop >= 0:
         last = selection.stop
-    frame_lines = []
-    k = 0
-    while k < n_lines and (last is None or len(frame_lines) < last):
-        header = line(k)
-        if not header.strip():
-            if data[starts[k] :].strip():
-                after = f"after frame {len(frame_lines) - 1}, " if frame_lines else ""
+    with open(path, "rb") as handle:
+        lines = _Lines(handle, path)
+        frames = 0
+        while last is None or frames < last:
+            k = lines.number
+            header = lines.read()
+            if header is None:
+                break
+            if not header.strip():
+                if lines.text_follows():
+                    after = f"after frame {frames - 1}, " if frames else ""
+                    raise _LayoutError(
+                        f"{path}, {after}line {k + 1}: could not read structures: a blank line where a frame's "
+                        "number of atoms should be, with more text after it (ASE would stop reading here "
+                        "and drop the rest without a word)"
+                    )
+                break
+            where = f"{path}, frame {frames} (line {k + 1})"
+            try:
+                natoms = int(header)
+            except ValueError:
+                text = header[:60].decode("utf-8", errors="replace")
                 raise _LayoutError(
-                    f"{path}, {after}line {k + 1}: could not read structures: a blank line where a frame's "
-                    "number of atoms should be, with more text after it (ASE would stop reading here "
-                    "and drop the rest without a word)"
+                    f"{where}: could not read structures: expected the number of atoms, got {text!r}"
+                ) from None
+            lines.start_frame(k)
+            skipped = lines.skip(1 + natoms if natoms >= 0 else _ALL)
+            if natoms < 0 or skipped < 1 + natoms:
+                left = max(skipped - 1, 0)
+                raise _LayoutError(
+                    f"{where}: could not read structures: the header says {natoms} atoms, but "
+                    f"{left} line{'' if left == 1 else 's'} follow the comment line"
                 )
-            break
-        where = f"{path}, frame {len(frame_lines)} (line {k + 1})"
+            frames += 1
+            while (following := lines.peek()) is not None and following.lstrip().startswith(b"VEC"):
+                lines.read()  # lattice vectors of plain XYZ
+        lines.check_text()
+
+
+_ALL = 1 << 62  # more lines than any file has
+
+
+class _Lines:
+    """The lines of a binary file, read in blocks of ``block`` bytes: read or look at the next
+    line, or skip lines, holding only one block (and the line that crosses its end) at a time.
+
+    Lines end at ``\n``; a last line without one counts when it is not empty. The bytes read
+    past are checked to be UTF-8 text block by block; :meth:`check_text` checks the rest and
+    raises for the first bad byte, naming its line and frame (:meth:`start_frame`). (It is
+    raised only then, so that an error in the layout, found while walking, comes first, as
+    it would for any size of block.)
+    """
+
+    def __init__(self, handle, path: Path, block: int = 1 << 20) -> None:
+        self._handle, self._path, self._block = handle, path, block
+        self._buffer = b""
+        self._ends = np.empty(0, dtype=np.int64)  # positions of the newlines in the buffer
+        self._next = 0  # first entry of _ends at or after _pos
+        self._pos = 0  # where the next line starts in the buffer
+        self._offset = 0  # file offset of the buffer's first byte
+        self._eof = False
+        self.number = 0  # line number (from 0) of the next line
+        self._checked_line = 0  # line number at the first byte not yet checked as text
+        self._frames: list[tuple[int, int]] = []  # (frame, first line) of the frames not yet checked
+        self._frames_started = 0
+        self._bad_text: str | None = None  # the message of the first byte that is not UTF-8
+
+    def start_frame(self, line: int) -> None:
+        """Record that a frame's header is ``line`` (for naming the frame of a bad byte)."""
+        self._frames.append((self._frames_started, line))
+        self._frames_started += 1
+
+    def _fill(self) -> bool:
+        """Read the next block after the unread part of the buffer; False at the end of the file."""
+        if self._eof:
+            return False
+        data = self._handle.read(self._block)
+        if not data:
+            self._eof = True
+            return False
+        self._check(self._buffer[: self._pos])
+        self._offset += self._pos
+        self._buffer = self._buffer[self._pos :] + data
+        self._pos = 0
+        self._ends = np.flatnonzero(np.frombuffer(self._buffer, dtype=np.uint8) == ord("\n"))
+        self._next = 0
+        return True
+
+    def _line_end(self) -> int | None:
+        """Buffer position of the next line's end (its newline, or the end of the file), or None
+        when no line is left."""
+        while self._next >= len(self._ends):
+            if not self._fill():
+                return len(self._buffer) if self._pos < len(self._buffer) else None
+        return int(self._ends[self._next])
+
+    def peek(self) -> bytes | None:
+        """The next line without its newline, not consumed; None at the end of the file."""
+        end = self._line_end()
+        return None if end is None else self._buffer[self._pos : end]
+
+    def read(self) -> bytes | None:
+        """The next line without its newline; None at the end of the file."""
+        end = self._line_end()
+        if end is None:
+            return None
+        line = self._buffer[self._pos : end]
+        self._pos = end + 1
+        self._next += 1
+        self.number += 1
+        return line
+
+    def skip(self, count: int) -> int:
+        """Skip ``count`` lines; returns how many there were (fewer at the end of the file)."""
+        done = 0
+        while done < count:
+            available = len(self._ends) - self._next
+            if available > 0:
+                take = min(available, count - done)
+                self._pos = int(self._ends[self._next + take - 1]) + 1
+                self._next += take
+                self.number += take
+                done += take
+            elif not self._fill():
+                if self._pos < len(self._buffer):  # a last line without a newline
+                    self._pos = len(self._buffer)
+                    self.number += 1
+                    done += 1
+                break
+        return done
+
+    def text_follows(self) -> bool:
+        """True when anything but white space follows the lines read so far."""
+        if self._buffer[self._pos :].strip():
+            return True
+        while data := self._handle.read(self._block):  # read on without keeping what was read
+            if data.strip():
+                return True
+        return False
+
+    def check_text(self) -> None:
+        """Raise a :class:`_LayoutError` for the first byte of the lines read so far that is
+        not UTF-8 text."""
+        self._check(self._buffer[: self._pos])
+        if self._bad_text is not None:
+            raise _LayoutError(self._bad_text)
+
+    def _check(self, data: bytes) -> None:
+        """Check ``data`` (the buffer's bytes up to a line start, not checked before) as UTF-8,
+        then count its lines as checked."""
+        start = self._checked_line
         try:
-            natoms = int(header)
-        except ValueError:
-            text = header[:60].decode("utf-8", errors="replace")
-            raise _LayoutError(
-                f"{where}: could not read structures: expected the number of atoms, got {text!r}"
-            ) from None
-        if natoms < 0 or k + 2 + natoms > n_lines:
-            left = max(n_lines - k - 2, 0)
-            raise _LayoutError(
-                f"{where}: could not read structures: the header says {natoms} atoms, but "
-                f"{left} line{'' if left == 1 else 's'} follow the comment line"
+            if self._bad_text is None:
+                data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            bad_line = start + data.count(b"\n", 0, error.start) + 1
+            frame = 0
+            for number, first in self._frames:
+                if first <= bad_line - 1:
+                    frame = number
+            self._bad_text = (
+                f"{self._path}, frame {frame} (line {bad_line}): could not read structures: not UTF-8 text "
+                f"(byte {data[error.start]:#04x} at offset {self._offset + error.start})"
             )
-        frame_lines.append(k)
-        k += 2 + natoms
-        while k < n_lines and line(k).lstrip().startswith(b"VEC"):  # lattice vectors of plain XYZ
-            k += 1
-    try:
-        data[: stops[k - 1] if k else 0].decode("utf-8")
-    except UnicodeDecodeError as error:
-        bad_line = int(np.searchsorted(starts, error.start, side="right"))
-        frame = int(np.searchsorted(frame_lines, bad_line - 1, side="right")) - 1
-        raise _LayoutError(
-            f"{path}, frame {max(frame, 0)} (line {bad_line}): could not read structures: not UTF-8 text "
-            f"(byte {data[error.start]:#04x} at offset {error.start})"
-        ) from None
+        self._checked_line = start + data.count(b"\n")
+        self._frames = self._frames[-1:]  # the frame the next bytes start in is the last one begun
 
 
 def _frame_in_file(selection: int | slice, number: int) -> str:
