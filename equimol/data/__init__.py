@@ -3,6 +3,7 @@
 from equimol.data.dataset import AtomsDataset
 from equimol.data.graph import CloseAtomsError, IsolatedAtomError, atoms_to_graph, edge_vectors, radius_graph
 from equimol.data.io import MissingKeyError, read_frames
+from equimol.data.ondisk import OnDiskAtomsDataset, OnDiskFormatError, is_ondisk, write_ondisk
 from equimol.data.split import split_indices
 from equimol.data.statistics import DatasetStatistics, compute_statistics
 
@@ -13,6 +14,10 @@ __all__ = [
     "IsolatedAtomError",
     "CloseAtomsError",
     "AtomsDataset",
+    "OnDiskAtomsDataset",
+    "OnDiskFormatError",
+    "write_ondisk",
+    "is_ondisk",
     "read_frames",
     "MissingKeyError",
     "split_indices",
