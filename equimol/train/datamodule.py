@@ -8,6 +8,11 @@ file each set came from, and the frame indices of each set as ``split.json``) in
 folder, and applies augmentation transforms to the training set only. Generated data is
 written once to a cache file (ASE trajectory, exact float64) and always read back from it, so a
 resumed run trains on identical structures.
+
+An on-disk data set (``equimol convert``, :class:`equimol.data.OnDiskAtomsDataset`) given as a
+path is read lazily instead: its frames are read, and their graphs built, in the DataLoader's
+workers as they are needed, and the statistics come from one streaming pass over the training
+frames, so a data set larger than memory trains.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import os
 import random
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
 
 import ase
 import ase.io
@@ -35,7 +40,7 @@ from torch_geometric.transforms import BaseTransform
 from equimol import _keys as K
 
 if TYPE_CHECKING:
-    from equimol.data import AtomsDataset
+    from equimol.data import AtomsDataset, OnDiskAtomsDataset
 
 __all__ = ["AtomsDataModule", "generate_cached", "TransformedSubset", "EpochSampler", "random_state",
            "restore_random_state"]
@@ -46,6 +51,8 @@ logger = logging.getLogger(__name__)
 _DEFAULT_SPLIT = [0.8, 0.1, 0.1]
 # ... when ``test_path`` gives the test set: training and validation fractions.
 _DEFAULT_SPLIT_WITH_TEST_FILE = [0.9, 0.1]
+# Structures a worker hands over at once in the statistics pass over an on-disk data set.
+_STATISTICS_CHUNK = 64
 
 
 class TransformedSubset(Dataset):
@@ -220,6 +227,13 @@ class AtomsDataModule(pl.LightningDataModule):
     must carry every label the training data has (a missing one is an error naming the file
     and the key); species absent from the training data are allowed here.
 
+    Any of ``path``, ``val_path`` and ``test_path`` may be an on-disk data set written by
+    ``equimol convert`` (suffix ``.eqd``, or a file with its header): it is read lazily with
+    :class:`equimol.data.OnDiskAtomsDataset` (nothing is cached; the frames are read, and their
+    graphs built, in the DataLoader's workers: set ``num_workers``), and the statistics come
+    from one streaming pass over the training frames. Its labels were chosen when it was
+    converted; a label key set to null here leaves that label out.
+
     Args:
         cutoff: radius of the graphs, Å; must equal the model's cutoff. Leave it out of a
             training config: ``equimol fit`` takes the model's (``model...cutoff``), so the
@@ -227,7 +241,8 @@ class AtomsDataModule(pl.LightningDataModule):
         generator: ``{name: <generator>, <its arguments>}``, a generator of
             ``equimol.generate.GENERATORS`` (``toy2d``, ``lj-cluster``, ``lj-gravity-mc``,
             ``emt-md``, ``molecule-md``); its ``seed`` defaults to ``seed``.
-        path: a structure file (extended XYZ or anything ASE reads) or an ASE database.
+        path: a structure file (extended XYZ or anything ASE reads), an ASE database, or an
+            on-disk data set (``.eqd``, from ``equimol convert``), read lazily.
         val_path: a structure file holding the validation set (see above); None splits the
             validation set off the main source.
         test_path: a structure file holding the test set (see above); None splits the test
@@ -247,7 +262,8 @@ class AtomsDataModule(pl.LightningDataModule):
             of ``seed_everything`` (so one number in the config seeds everything).
         batch_size: structures per training batch.
         eval_batch_size: structures per validation/test batch (default: ``batch_size``).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes (kept alive between epochs); with an on-disk
+            data set they read the frames and build the graphs, and the statistics pass uses them too.
         train_transforms: augmentations (PyG ``BaseTransform`` objects) applied on the fly to
             training structures only (for example ``equimol.data.transforms.RandomRotation``).
         cache_dir: where generated frames and graphs are cached; default
@@ -401,15 +417,26 @@ class AtomsDataModule(pl.LightningDataModule):
         self.train_set = TransformedSubset(sets["train"], parts["train"], transform)
         self.val_set = TransformedSubset(sets["val"], parts["val"])
         self.test_set = TransformedSubset(sets["test"], parts["test"]) if "test" in parts else None
-        self.statistics = compute_statistics(self.dataset[i] for i in parts["train"])
+        self.statistics = compute_statistics(self._stream(sets["train"], parts["train"]))
         # written for a fit only, once training starts (see train_dataloader); validate, test
         # and predict leave the training run's files alone
         self._run_files_pending = stage == "fit"
 
-    def _graphs(self, source: str | Path) -> AtomsDataset:
-        """The radius graphs of ``source``, built and cached with this module's settings."""
-        from equimol.data import AtomsDataset
+    def _graphs(self, source: str | Path) -> AtomsDataset | OnDiskAtomsDataset:
+        """The radius graphs of ``source``, built and cached with this module's settings, or
+        read lazily from an on-disk data set."""
+        from equimol.data import AtomsDataset, OnDiskAtomsDataset, is_ondisk
 
+        if is_ondisk(source):
+            return OnDiskAtomsDataset(
+                source,
+                self.cutoff,
+                labels=[name for name in K.LABEL_KEYS if self.keys[f"{name}_key"] is not None],
+                require=self.require,
+                dtype=self.dtype,
+                on_isolated=self.on_isolated,
+                min_distance=self.min_distance,
+            )
         return AtomsDataset(
             source,
             self.cutoff,
@@ -421,7 +448,23 @@ class AtomsDataModule(pl.LightningDataModule):
             min_distance=self.min_distance,
         )
 
-    def _file_graphs(self, key: str, path: str) -> AtomsDataset:
+    def _stream(self, dataset: Dataset, indices: Sequence[int]) -> Iterator[Data]:
+        """The graphs ``indices`` of ``dataset`` in order, one at a time, as far as
+        ``compute_statistics`` reads them: straight from the graphs in memory, or, from an
+        on-disk data set, read (and built) by ``num_workers`` worker processes."""
+        from equimol.data import OnDiskAtomsDataset
+
+        if not isinstance(dataset, OnDiskAtomsDataset):
+            return (dataset[i] for i in indices)
+        loader = torch.utils.data.DataLoader(
+            TransformedSubset(dataset, indices),
+            batch_size=_STATISTICS_CHUNK,
+            num_workers=self.num_workers,
+            collate_fn=_statistics_chunk,
+        )
+        return (data for chunk in loader for data in _statistics_graphs(chunk))
+
+    def _file_graphs(self, key: str, path: str) -> AtomsDataset | OnDiskAtomsDataset:
         """The graphs of the file of ``data.<key>`` (``val_path``, ``test_path``); errors name the key.
 
         The file must have every label the training data has, so that the validation and test
@@ -573,6 +616,38 @@ def _resolve_split(
     if len(split) not in (2, 3):
         raise ValueError(f"data.split: give 2 (train, val) or 3 (train, val, test) entries, got {split}")
     return list(split)
+
+
+def _statistics_chunk(graphs: list[Data]) -> dict[str, torch.Tensor]:
+    """What ``compute_statistics`` reads of ``graphs``, in a few tensors: atomic numbers, atoms
+    and edges per graph, energies and forces where present. A worker hands each tensor over
+    through shared memory of its own, so a list of graphs (eight tensors each) would cost far
+    more than building them."""
+    chunk = {
+        K.ATOMIC_NUMBERS: torch.cat([g[K.ATOMIC_NUMBERS] for g in graphs]),
+        "num_atoms": torch.tensor([g.num_nodes for g in graphs]),
+        "num_edges": torch.tensor([g[K.EDGE_INDEX].shape[1] for g in graphs]),
+    }
+    for name, join in ((K.ENERGY, torch.cat), (K.FORCES, torch.cat)):
+        if name in graphs[0]:
+            chunk[name] = join([g[name] for g in graphs])
+    return chunk
+
+
+def _statistics_graphs(chunk: dict[str, torch.Tensor]) -> Iterator[Data]:
+    """The graphs of a :func:`_statistics_chunk` as far as ``compute_statistics`` reads them:
+    ``z``, ``energy``, ``forces``, and an ``edge_index`` of the right shape only (its values are
+    not read)."""
+    sizes = chunk["num_atoms"].tolist()
+    numbers = chunk[K.ATOMIC_NUMBERS].split(sizes)
+    forces = chunk[K.FORCES].split(sizes) if K.FORCES in chunk else None
+    for k, edges in enumerate(chunk["num_edges"].tolist()):
+        data = Data(z=numbers[k], edge_index=torch.empty((2, edges), dtype=torch.int64))
+        if K.ENERGY in chunk:
+            data[K.ENERGY] = chunk[K.ENERGY][k : k + 1]
+        if forces is not None:
+            data[K.FORCES] = forces[k]
+        yield data
 
 
 def _compose(transforms: list[Callable[[Data], Data]]) -> Callable[[Data], Data] | None:
