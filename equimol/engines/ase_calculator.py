@@ -7,6 +7,10 @@ when EMA was on), from an ahead-of-time compiled package (``.pt2``, written by
 :class:`~equimol.engines.InferenceBackend` made by hand. Energies are in eV, forces in eV/Å,
 stress in eV/Å³ in Voigt order (xx, yy, zz, yz, xz, xy), ASE's sign convention.
 
+Given a list of models (a committee, :class:`~equimol.engines.Committee`), the results are
+the members' mean, and ``results["energy_std"]`` (eV), ``results["forces_std"]`` ([N, 3]
+eV/Å) and, with stress, ``results["stress_std"]`` (Voigt, eV/Å³) their spread.
+
 Example::
 
     from ase.optimize import BFGS
@@ -30,7 +34,8 @@ from torch import nn
 
 from equimol import _keys as K
 from equimol.data.graph import atoms_to_graph
-from equimol.engines.backends import InferenceBackend, load_backend
+from equimol.engines.backends import InferenceBackend
+from equimol.engines.committee import ENERGY_STD, FORCES_STD, STRESS_STD, Committee, load_backend
 
 __all__ = ["EquimolCalculator"]
 
@@ -41,7 +46,9 @@ class EquimolCalculator(Calculator):
 
     Args:
         model: a checkpoint path (``.ckpt``), a package (``.pt2``), a model object, or an
-            :class:`~equimol.engines.InferenceBackend`.
+            :class:`~equimol.engines.InferenceBackend`; or a list of them, a committee: the
+            results are then the members' mean, with ``energy_std`` (eV), ``forces_std``
+            (``[N, 3]`` eV/Å) and, with stress, ``stress_std`` (Voigt, eV/Å³) beside them.
         device: torch device (``"cpu"``, ``"cuda"``...).
         dtype: floating dtype of the computation (``torch.float64`` for tight energy
             conservation in MD); default: the model's own. A package runs in the dtype it was
@@ -59,7 +66,7 @@ class EquimolCalculator(Calculator):
 
     def __init__(
         self,
-        model: str | os.PathLike | nn.Module | InferenceBackend,
+        model: str | os.PathLike | nn.Module | InferenceBackend | Sequence[str | os.PathLike | nn.Module],
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         cutoff: float | None = None,
@@ -68,6 +75,8 @@ class EquimolCalculator(Calculator):
     ) -> None:
         super().__init__(**kwargs)
         self.backend = load_backend(model, device=device, dtype=dtype, compile=compile)
+        if isinstance(self.backend, Committee):  # its spread is a property too
+            self.implemented_properties = [*type(self).implemented_properties, ENERGY_STD, FORCES_STD, STRESS_STD]
         self.cutoff = _graph_cutoff(cutoff, self.backend.cutoff)
         # one neighbour list for all calls: it keeps its buffers between structures
         self._neighbours = vesin.NeighborList(cutoff=self.cutoff, full_list=True) if self.cutoff > 0 else None
@@ -100,7 +109,7 @@ class EquimolCalculator(Calculator):
         system_changes: Sequence[str] = all_changes,
     ) -> None:
         super().calculate(atoms, properties, system_changes)
-        want_stress = "stress" in properties
+        want_stress = "stress" in properties or STRESS_STD in properties
         if want_stress and not bool(np.all(self.atoms.get_pbc())):
             raise PropertyNotImplementedError("stress needs a cell that is periodic along all three axes")
         graph = atoms_to_graph(
@@ -122,6 +131,12 @@ class EquimolCalculator(Calculator):
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
         if stress is not None:
             self.results["stress"] = stress
+        if ENERGY_STD in out:  # a committee's spread
+            self.results[ENERGY_STD] = out[ENERGY_STD].double().sum().item()
+            self.results[FORCES_STD] = out[FORCES_STD].cpu().numpy().astype(np.float64)
+            if stress is not None:
+                self.results[STRESS_STD] = full_3x3_to_voigt_6_stress(
+                    out[STRESS_STD].cpu().double().numpy().reshape(3, 3))
 
 
 def _non_finite_error(atoms: ase.Atoms, energy: float, forces: np.ndarray, stress: np.ndarray | None,

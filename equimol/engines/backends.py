@@ -15,7 +15,10 @@ backend             what runs
 ==================  ===========================================================================
 
 :func:`load_backend` picks one from what it is given (a checkpoint, a package, a model object).
-A new backend is one subclass of :class:`InferenceBackend`; the engines need no change.
+A new backend is one subclass of :class:`InferenceBackend`; the engines need no change. Several
+models run as one backend, with the spread of their predictions as an uncertainty, are a
+:class:`~equimol.engines.committee.Committee`: ``equimol.engines.load_backend`` (the function
+of :mod:`equimol.engines.committee`) takes a list of sources and returns one.
 
 Graphs follow equimol's conventions (``equimol._keys``): ``pos [N, 3]`` Å, ``z [N]`` atomic
 numbers, ``cell [B, 3, 3]`` Å, ``pbc [B, 3]``, ``edge_index [2, E]`` (row 0 neighbour j, row 1
@@ -79,7 +82,8 @@ class InferenceBackend(abc.ABC):
         Returns:
             ``energy [B]`` eV, ``forces [N, 3]`` eV/Å and, when ``compute_stress``,
             ``stress [B, 3, 3]`` eV/Å³ (ASE's sign; zeros for structures not periodic along
-            all three axes). Nothing is differentiable.
+            all three axes). Nothing is differentiable. A backend may add outputs: a
+            committee adds ``energy_std [B]``, ``forces_std [N, 3]`` (and ``stress_std``).
         """
 
 
@@ -222,7 +226,8 @@ def load_backend(
     dtype: torch.dtype | None = None,
     compile: bool | None = None,
 ) -> InferenceBackend:
-    """The backend that runs ``source``.
+    """The backend that runs ``source`` (one source; a list of several makes a committee
+    through ``equimol.engines.load_backend``, see :mod:`equimol.engines.committee`).
 
     Args:
         source: a ``.pt2`` package (:class:`Package`), a checkpoint of ``equimol fit`` or a
@@ -236,6 +241,11 @@ def load_backend(
     """
     if isinstance(source, InferenceBackend):
         return source
+    if isinstance(source, (list, tuple)):
+        raise TypeError(
+            f"equimol.engines.backends.load_backend takes one source, got a {type(source).__name__} of "
+            f"{len(source)}; for a committee use equimol.engines.load_backend (equimol.engines.committee)"
+        )
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".pt2":
         return Package(source, device, dtype)
     # the backend copies the model once; the caller's object is never changed
