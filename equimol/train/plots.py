@@ -1,4 +1,5 @@
-"""Figures of a training run: parity plots of energies and forces, loss curves."""
+"""Figures of a training run and of an evaluation: parity plots, error histograms, a
+committee's uncertainty against its error, loss curves."""
 
 from __future__ import annotations
 
@@ -9,20 +10,32 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["new_figure", "parity_figure", "loss_curve_figure", "figure_to_array", "save_figure"]
+__all__ = [
+    "new_figure",
+    "parity_figure",
+    "error_histogram_figure",
+    "uncertainty_figure",
+    "loss_curve_figure",
+    "figure_to_array",
+    "save_figure",
+]
 
 _UNITS = {"energy_per_atom": "eV/atom", "energy": "eV", "forces": "eV/Å", "stress": "eV/Å³"}
 _TITLES = {"energy_per_atom": "energy per atom", "energy": "energy", "forces": "force components",
            "stress": "stress components"}
 
 
-def parity_figure(pairs: Mapping[str, np.ndarray], title: str = "") -> Figure:
+def parity_figure(
+    pairs: Mapping[str, np.ndarray], title: str = "", errors: Mapping[str, tuple[float, float]] | None = None
+) -> Figure:
     """Predicted against true values, one panel per quantity.
 
     Args:
         pairs: quantity name (``energy_per_atom``, ``forces``...) -> array ``[M, 2]``,
             column 0 predicted, column 1 true.
         title: figure title (for example ``"val, epoch 12"``).
+        errors: quantity name -> ``(MAE, RMSE)`` to show in its panel's title, for pairs that
+            are a sample of the data (default: those of ``pairs``).
     """
     names = [name for name in pairs if len(pairs[name])]
     fig = new_figure(figsize=(4.2 * max(len(names), 1), 4.0))
@@ -34,13 +47,82 @@ def parity_figure(pairs: Mapping[str, np.ndarray], title: str = "") -> Figure:
         pad = 0.05 * (high - low or 1.0)
         ax.plot([low - pad, high + pad], [low - pad, high + pad], color="0.6", lw=1)
         ax.scatter(true, predicted, s=6, alpha=0.6, edgecolors="none")
-        mae = float(np.abs(predicted - true).mean())
-        rmse = float(np.sqrt(((predicted - true) ** 2).mean()))
+        mae, rmse = (errors or {}).get(name) or (float(np.abs(predicted - true).mean()),
+                                                  float(np.sqrt(((predicted - true) ** 2).mean())))
         unit = _UNITS.get(name, "")
         ax.set_title(f"{_TITLES.get(name, name)}\nMAE {mae:.3g}, RMSE {rmse:.3g} {unit}")
         ax.set_xlabel(f"true ({unit})")
         ax.set_ylabel(f"predicted ({unit})")
         ax.set_aspect("equal", adjustable="datalim")
+    if not names:
+        axes[0, 0].text(0.5, 0.5, "no labelled data", ha="center", va="center")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def error_histogram_figure(errors: Mapping[str, np.ndarray], title: str = "", bins: int = 60) -> Figure:
+    """Histograms of errors (predicted minus true), one panel per quantity, counts on a log
+    scale (the tails are what matters).
+
+    Args:
+        errors: quantity name (``energy_per_atom``, ``forces``, ``stress``) -> errors ``[M]``
+            in the quantity's unit (eV/atom, eV/Å, eV/Å³).
+        title: figure title.
+        bins: bins per histogram.
+    """
+    names = [name for name in errors if len(errors[name])]
+    fig = new_figure(figsize=(4.2 * max(len(names), 1), 3.6))
+    axes = fig.subplots(1, max(len(names), 1), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        values = np.asarray(errors[name], dtype=np.float64).reshape(-1)
+        unit = _UNITS.get(name, "")
+        ax.hist(values, bins=bins, color="C0", alpha=0.8)
+        ax.axvline(0.0, color="0.4", lw=1)
+        ax.set_yscale("log")
+        ax.set_title(f"{_TITLES.get(name, name)}\nmean {values.mean():.3g}, std {values.std():.3g} {unit}")
+        ax.set_xlabel(f"predicted - true ({unit})")
+        ax.set_ylabel("count")
+    if not names:
+        axes[0, 0].text(0.5, 0.5, "no labelled data", ha="center", va="center")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def uncertainty_figure(
+    pairs: Mapping[str, np.ndarray], correlations: Mapping[str, float | None] | None = None, title: str = ""
+) -> Figure:
+    """A committee's predicted uncertainty against its actual error, one panel per quantity,
+    both axes logarithmic (a well ranked uncertainty rises with the error).
+
+    Args:
+        pairs: quantity name (``energy_per_atom``, ``forces``) -> ``[M, 2]`` per structure,
+            column 0 the uncertainty (standard deviation over the members), column 1 the
+            error, both in the quantity's unit.
+        correlations: quantity name -> Spearman rank correlation, shown in the panel's title.
+        title: figure title.
+    """
+    names = [name for name in pairs if len(pairs[name])]
+    fig = new_figure(figsize=(4.2 * max(len(names), 1), 4.0))
+    axes = fig.subplots(1, max(len(names), 1), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        values = np.asarray(pairs[name], dtype=np.float64)
+        values = values[(values > 0).all(axis=1)]  # a zero has no place on a log axis
+        unit = _UNITS.get(name, "")
+        ax.scatter(values[:, 0], values[:, 1], s=6, alpha=0.6, edgecolors="none")
+        if len(values):
+            low, high = float(values.min()), float(values.max())
+            ax.plot([low, high], [low, high], color="0.6", lw=1)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        rho = (correlations or {}).get(name)
+        label = _TITLES.get(name, name).replace(" components", "")
+        ax.set_title(f"{label}\nSpearman {'n/a' if rho is None else format(rho, '.3f')}")
+        ax.set_xlabel(f"committee std ({unit})")
+        ax.set_ylabel(f"error ({unit})")
     if not names:
         axes[0, 0].text(0.5, 0.5, "no labelled data", ha="center", va="center")
     if title:
