@@ -63,10 +63,25 @@ def test_test_missing_config_file_is_one_line(tmp_path, capsys) -> None:
     assert "missing.yaml" in line
 
 
-def test_predict_typo_in_a_flag_is_one_line(capsys) -> None:
-    code = main(["predict", "--config", QUICKSTART, "--model.init_args.model.init_args.chanels", "8"])
+def test_predict_missing_data_file_is_one_line(tmp_path, capsys) -> None:
+    # the data is checked before the model is loaded: the checkpoint need not exist
+    code = main(["predict", "--ckpt", str(tmp_path / "model.ckpt"), "--data", str(tmp_path / "missing.xyz"),
+                 "--out", str(tmp_path / "predictions.extxyz")])
     line = one_error_line(capsys, code, "predict")
-    assert "chanels" in line
+    assert "missing.xyz" in line and "no such structure file" in line
+    assert not (tmp_path / "predictions.extxyz").exists()
+
+
+def test_predict_unknown_sample_is_one_line(capsys) -> None:
+    code = main(["predict", "--ckpt", "x.ckpt", "--data", "sample:ethanol"])
+    line = one_error_line(capsys, code, "predict")
+    assert "'ethanol'" in line and "ethanol_gfn2" in line
+
+
+def test_predict_typo_in_a_flag_is_one_line(tmp_path, capsys) -> None:
+    code = main(["predict", "--ckpt", "x.ckpt", "--data", "sample:ethanol_gfn2", "--bacth_size", "8"])
+    line = one_error_line(capsys, code, "predict")
+    assert "bacth_size" in line
 
 
 def test_evaluate_missing_checkpoint_is_one_line(tmp_path, capsys) -> None:
@@ -135,6 +150,7 @@ def test_trainer_option_prefix_is_rejected(capsys) -> None:
     [
         (["generate", "toy2d"], ["--out", "x.xyz", "--n_sample", "3"], "--n_sample"),
         (["evaluate"], ["--ckpt", "x.ckpt", "--data", "x.xyz", "--batch_siz", "3"], "--batch_siz"),
+        (["predict"], ["--ckpt", "x.ckpt", "--data", "x.xyz", "--energy_ke", "E"], "--energy_ke"),
         (["study", "vae"], ["--epoch", "3"], "--epoch"),
         (["study", "invariance"], ["--config", str(STUDY), "--training.epoch", "3"], "--training.epoch"),
     ],

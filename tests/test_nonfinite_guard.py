@@ -196,10 +196,20 @@ class _NaNForFarFrames(nn.Module):
 
 @pytest.fixture
 def nan_model(monkeypatch):
-    import equimol.train.evaluate as evaluate_module
+    """``equimol evaluate`` loads :class:`_NaNForFarFrames` for any checkpoint path, as a backend."""
+    import equimol.engines.evaluate as evaluate_module
+    from equimol.engines.backends import InferenceBackend
 
-    monkeypatch.setattr(evaluate_module, "load_potential",
-                        lambda path, map_location="cpu": SimpleNamespace(model=_NaNForFarFrames()))
+    class NaNBackend(InferenceBackend):
+        def __init__(self) -> None:
+            super().__init__(_NaNForFarFrames.cutoff, (1, 6, 8), torch.float32, torch.device("cpu"), "NaNBackend")
+            self.model = _NaNForFarFrames()
+
+        def compute(self, graph, compute_stress: bool = False):
+            with torch.no_grad():
+                return self.model(graph, compute_stress=compute_stress)
+
+    monkeypatch.setattr(evaluate_module, "load_backend", lambda source, device="cpu", dtype=None: NaNBackend())
 
 
 def _evaluation_file(path: Path, far: list[int]) -> Path:
@@ -211,7 +221,7 @@ def _evaluation_file(path: Path, far: list[int]) -> Path:
 
 
 def test_evaluate_names_non_finite_frames_and_keeps_the_metrics_of_the_others(tmp_path, nan_model):
-    from equimol.train.evaluate import evaluate
+    from equimol.engines.evaluate import evaluate
 
     data = _evaluation_file(tmp_path / "data.xyz", far=[3, 7])
     with pytest.warns(RuntimeWarning, match=r"2 of 10 structures gave non-finite energy, forces \(frames 3, 7 of"):
@@ -249,7 +259,7 @@ def test_evaluate_command_exits_1_and_names_the_frames(tmp_path, nan_model, caps
 
 
 def test_evaluate_with_every_frame_non_finite_writes_null_metrics(tmp_path, nan_model):
-    from equimol.train.evaluate import evaluate
+    from equimol.engines.evaluate import evaluate
 
     data = _evaluation_file(tmp_path / "data.xyz", far=list(range(10)))
     with pytest.warns(RuntimeWarning, match="no structure is left"):
