@@ -59,7 +59,7 @@ from equimol.train.guards import NonFiniteGuard
 from equimol.train.module import check_cutoffs
 
 __all__ = ["EquimolCLI", "main", "fit_main", "validate_main", "test_main", "finish_wandb",
-           "short_help", "DEFAULT_ROOT_DIR"]
+           "short_help", "parse_config", "DEFAULT_ROOT_DIR"]
 
 DEFAULT_ROOT_DIR = "runs/equimol"
 
@@ -507,6 +507,17 @@ def _subcommand_parser(subcommand: str) -> LightningArgumentParser:
     except _ParserBuilt as built:
         return built.args[0]._subcommand_parsers[subcommand]
     raise RuntimeError("the CLI did not build its parsers")  # pragma: no cover
+
+
+def parse_config(subcommand: str, args: Sequence[str]) -> Namespace:
+    """The config ``equimol SUBCOMMAND ARGS`` would run (its ``--config`` files and flags, the
+    defaults filled in), parsed and validated; nothing is built or run.
+
+    Raises:
+        argparse.ArgumentError: what the subcommand itself would report (an unknown key, a
+            wrong type, a missing file).
+    """
+    return _subcommand_parser(subcommand).parse_args(list(args))
 
 
 def _fit(text: str, width: int = _WIDTH) -> str:
