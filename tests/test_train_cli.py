@@ -12,7 +12,7 @@ import yaml
 
 from equimol.cli import main as equimol_main
 from equimol.train.cli import main
-from equimol.train.evaluate import evaluate_main
+from equimol.engines.evaluate import evaluate_main
 
 _CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # every config `equimol fit` takes (configs/study/ holds the study's own configs)
