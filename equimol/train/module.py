@@ -4,6 +4,9 @@ The wrapped ``model`` is any :class:`equimol.models.Potential` (equimol's own or
 subclass): ``model(batch, compute_forces, compute_stress)`` returns ``energy [B]`` eV and, when
 asked, ``forces [N, 3]`` eV/Å and ``stress [B, 3, 3]`` eV/Å³; ``model.set_statistics(stats)``
 initialises data-dependent parameters; ``model.cutoff`` must match the data's graphs.
+
+Fine-tuning (``init_from``, ``init_statistics``, ``freeze``) goes through
+:mod:`equimol.train.finetune`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import copy
 import io
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -21,6 +25,13 @@ from torch_geometric.data import Data
 
 from equimol import _keys as K
 from equimol.models.base import Potential
+from equimol.train.finetune import (
+    STATISTICS_MODES,
+    FinetuneReport,
+    check_source_path,
+    freeze_parameters,
+    load_pretrained_weights,
+)
 from equimol.train.losses import PotentialLoss, atoms_per_structure
 from equimol.train.metrics import PotentialMetrics
 
@@ -77,6 +88,20 @@ class PotentialModule(pl.LightningModule):
         lr_scheduler_monitor: the logged value a ``ReduceLROnPlateau`` scheduler watches.
         apply_statistics: hand the training-set statistics to ``model.set_statistics`` before
             the first step of a new run (they are recorded in the checkpoint either way).
+        init_from: fine-tune: a checkpoint of ``equimol fit`` (``.ckpt``) whose weights
+            initialise ``model`` when fitting starts, matched by name and, for per-species
+            tensors, by atomic number (``model`` may list more elements; see
+            :func:`~equimol.train.finetune.load_pretrained_weights`). Read once, at the start of
+            a new run: the checkpoints of the fine-tuned run hold all its weights, so they load
+            and resume without this file. Not a ``.pt2`` package (compiled code, not weights).
+        init_statistics: with ``init_from``: ``"recompute"`` sets the per-species shifts and
+            scales from the new training data as a fresh fit does; ``"keep"`` keeps the
+            trained ones (elements new to the model get theirs from the data). The neighbour
+            normalisation stays as trained either way.
+        freeze: parameter-name prefixes or glob patterns (``["embedding*", "layers.0.*"]``,
+            matched against the full name or its end) whose parameters keep
+            ``requires_grad=False`` and are left out of the optimizer; a pattern that matches
+            nothing is an error listing the prefixes there are.
 
     Logged values (per epoch): ``{train,val,test}/loss``, the loss terms
     ``{stage}/loss_{energy_per_atom,forces,stress}``, and the metrics of
@@ -95,6 +120,9 @@ class PotentialModule(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = torch.optim.lr_scheduler.ReduceLROnPlateau,
         lr_scheduler_monitor: str = "val/loss",
         apply_statistics: bool = True,
+        init_from: str | None = None,
+        init_statistics: Literal["recompute", "keep"] = "recompute",
+        freeze: list[str] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, Potential):
@@ -112,6 +140,16 @@ class PotentialModule(pl.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_monitor = lr_scheduler_monitor
         self.apply_statistics = apply_statistics
+        if init_statistics not in STATISTICS_MODES:
+            raise ValueError(
+                f"init_statistics must be one of {', '.join(STATISTICS_MODES)}, got {init_statistics!r}"
+            )
+        self.init_from = None if init_from is None else str(check_source_path(init_from))
+        self.init_statistics = init_statistics
+        self.frozen = freeze_parameters(model, freeze) if freeze else []
+        #: what ``init_from`` gave the model (None until it is read, or restored from a checkpoint)
+        self.init_report: FinetuneReport | None = None
+        self._init_missing = False
         self.metrics = nn.ModuleDict({f"{stage}_metrics": PotentialMetrics() for stage in STAGES})
         self.statistics: dict[str, Any] | None = None
         self._statistics_applied = False
@@ -126,34 +164,66 @@ class PotentialModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
-        """Check the cutoffs and, when fitting a new model, hand it the training-set statistics.
+        """Check the cutoffs and, when fitting a new model, hand it the training-set statistics
+        (and, with ``init_from``, the trained weights first).
 
         On resume the checkpoint's weights, restored after this hook, replace whatever the
         statistics initialised, so a resumed run continues from exactly the saved state.
         """
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         check_cutoffs(model_cutoff(self.model), getattr(datamodule, "cutoff", None))
-        if stage != "fit" or self._statistics_applied:
+        if stage != "fit":
             return
         statistics = getattr(datamodule, "statistics", None)
-        if statistics is None:
-            return
-        if self.apply_statistics:
+        if self.init_from is not None and self.init_report is None:
+            self._initialise_from_trained(statistics)
+        elif not self._statistics_applied and statistics is not None and self.apply_statistics:
             self.model.set_statistics(statistics)
-        self.statistics = statistics.to_dict()
-        self._statistics_applied = True
+        if not self._statistics_applied and statistics is not None:
+            self.statistics = statistics.to_dict()
+            self._statistics_applied = True
+
+    def _initialise_from_trained(self, statistics: Any) -> None:
+        """Load ``init_from`` into the model, with the shifts and scales of ``init_statistics``.
+
+        A missing file is reported when fitting starts (:meth:`on_fit_start`), after a resumed
+        run has restored its checkpoint: resuming a fine-tuned run does not need the file.
+        """
+        if not Path(self.init_from).exists():
+            self._init_missing = True
+            return
+        use_data = statistics is not None and self.apply_statistics
+        model = type(self.model)
+        self.init_report = load_pretrained_weights(
+            self.model,
+            self.init_from,
+            statistics=self.init_statistics if use_data else "keep",
+            data_statistics=statistics if use_data else None,
+            trusted_modules=[f"{model.__module__}.{model.__qualname__}"],  # the configured class
+            model_config=self.hparams.get("model"),
+        )
+        self.init_report.frozen = tuple(self.frozen)
+        self._init_missing = False
+
+    def on_fit_start(self) -> None:
+        if self._init_missing and self.init_report is None:
+            raise FileNotFoundError(f"model.init_args.init_from: {self.init_from}: no such checkpoint")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["equimol"] = {
             "statistics": self.statistics,
             "statistics_applied": self._statistics_applied,
             "cutoff": model_cutoff(self.model),
+            "atomic_numbers": list(self.model.atomic_numbers),
+            "init_from": None if self.init_report is None else self.init_report.to_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("equimol", {})
         self.statistics = saved.get("statistics")
         self._statistics_applied = bool(saved.get("statistics_applied", False))
+        init = saved.get("init_from")
+        self.init_report = FinetuneReport.from_dict(init) if isinstance(init, dict) else None
 
     # ---------------------------------------------------------------------------- forward
     def forward(self, batch: Data, compute_forces: bool = True, compute_stress: bool = False) -> dict[str, torch.Tensor]:
@@ -210,7 +280,8 @@ class PotentialModule(pl.LightningModule):
 
     # -------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.model.parameters())
+        # frozen parameters (``freeze``) are left out
+        optimizer = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
