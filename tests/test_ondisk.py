@@ -23,7 +23,7 @@ from torch_geometric.loader import DataLoader
 from equimol.cli import main
 from equimol.data import AtomsDataset, OnDiskAtomsDataset, OnDiskFormatError, is_ondisk, read_frames, write_ondisk
 from equimol.data.io import iter_frames
-from equimol.data.ondisk import MAGIC, ONDISK_VERSION, read_ondisk_header
+from equimol.data.ondisk import MAGIC, ONDISK_VERSION, GraphLoader, read_ondisk_header
 from equimol.data.samples import sample_path
 from equimol.train import AtomsDataModule
 
@@ -130,10 +130,17 @@ def test_dataloader_with_two_workers_yields_the_same_items(ethanol):
         dataset = OnDiskAtomsDataset(path, CUTOFF)
         subset = torch.utils.data.Subset(dataset, range(0, 300, 5))
         direct = list(DataLoader(subset, batch_size=8))
-        workers = list(DataLoader(subset, batch_size=8, num_workers=2))
-        assert len(direct) == len(workers) == 8
-        for a, b in zip(direct, workers, strict=True):
-            assert_same_graph(a, b)
+        assert len(direct) == 8
+        for loader in (DataLoader(subset, batch_size=8, num_workers=2),
+                       GraphLoader(subset, batch_size=8, num_workers=2)):  # one buffer per batch
+            batches = list(loader)
+            assert len(batches) == 8
+            for a, b in zip(direct, batches, strict=True):
+                assert_same_graph(a, b)
+                assert torch.equal(a.ptr, b.ptr) and a.to_data_list()[-1].num_nodes == b.to_data_list()[-1].num_nodes
+    lists = list(GraphLoader(subset, batch_size=8, num_workers=2, as_list=True))
+    assert [len(chunk) for chunk in lists] == [8] * 7 + [4]
+    assert_same_graph(lists[2][3], dataset[(2 * 8 + 3) * 5])
 
 
 # ---- the file is data ----------------------------------------------------------------------------

@@ -449,20 +449,15 @@ class AtomsDataModule(pl.LightningDataModule):
         )
 
     def _stream(self, dataset: Dataset, indices: Sequence[int]) -> Iterator[Data]:
-        """The graphs ``indices`` of ``dataset`` in order, one at a time, as far as
-        ``compute_statistics`` reads them: straight from the graphs in memory, or, from an
-        on-disk data set, read (and built) by ``num_workers`` worker processes."""
-        from equimol.data import OnDiskAtomsDataset
+        """The graphs ``indices`` of ``dataset`` in order, one at a time: straight from the graphs
+        in memory, or, from an on-disk data set, read (and built) by ``num_workers`` workers."""
+        from equimol.data.ondisk import GraphLoader, OnDiskAtomsDataset
 
         if not isinstance(dataset, OnDiskAtomsDataset):
             return (dataset[i] for i in indices)
-        loader = torch.utils.data.DataLoader(
-            TransformedSubset(dataset, indices),
-            batch_size=_STATISTICS_CHUNK,
-            num_workers=self.num_workers,
-            collate_fn=_statistics_chunk,
-        )
-        return (data for chunk in loader for data in _statistics_graphs(chunk))
+        loader = GraphLoader(TransformedSubset(dataset, indices), batch_size=_STATISTICS_CHUNK, as_list=True,
+                             num_workers=self.num_workers)
+        return (data for chunk in loader for data in chunk)
 
     def _file_graphs(self, key: str, path: str) -> AtomsDataset | OnDiskAtomsDataset:
         """The graphs of the file of ``data.<key>`` (``val_path``, ``test_path``); errors name the key.
@@ -526,11 +521,15 @@ class AtomsDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset | None, shuffle: bool, batch_size: int, name: str) -> DataLoader:
         if dataset is None:
             raise ValueError(f"data: no {name} set; give data.test_path or three entries in data.split")
+        from equimol.data.ondisk import GraphLoader, OnDiskAtomsDataset
+
         sampler = None
         if shuffle:  # an order that depends on (seed, epoch) alone: see EpochSampler
             seed = self.seed if self.seed is not None else _global_seed()
             sampler = self._train_sampler = EpochSampler(dataset, seed)
-        return DataLoader(
+        # from an on-disk data set, the workers hand over each batch as one buffer
+        lazy = isinstance(getattr(dataset, "dataset", None), OnDiskAtomsDataset)
+        return (GraphLoader if lazy else DataLoader)(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
@@ -616,38 +615,6 @@ def _resolve_split(
     if len(split) not in (2, 3):
         raise ValueError(f"data.split: give 2 (train, val) or 3 (train, val, test) entries, got {split}")
     return list(split)
-
-
-def _statistics_chunk(graphs: list[Data]) -> dict[str, torch.Tensor]:
-    """What ``compute_statistics`` reads of ``graphs``, in a few tensors: atomic numbers, atoms
-    and edges per graph, energies and forces where present. A worker hands each tensor over
-    through shared memory of its own, so a list of graphs (eight tensors each) would cost far
-    more than building them."""
-    chunk = {
-        K.ATOMIC_NUMBERS: torch.cat([g[K.ATOMIC_NUMBERS] for g in graphs]),
-        "num_atoms": torch.tensor([g.num_nodes for g in graphs]),
-        "num_edges": torch.tensor([g[K.EDGE_INDEX].shape[1] for g in graphs]),
-    }
-    for name, join in ((K.ENERGY, torch.cat), (K.FORCES, torch.cat)):
-        if name in graphs[0]:
-            chunk[name] = join([g[name] for g in graphs])
-    return chunk
-
-
-def _statistics_graphs(chunk: dict[str, torch.Tensor]) -> Iterator[Data]:
-    """The graphs of a :func:`_statistics_chunk` as far as ``compute_statistics`` reads them:
-    ``z``, ``energy``, ``forces``, and an ``edge_index`` of the right shape only (its values are
-    not read)."""
-    sizes = chunk["num_atoms"].tolist()
-    numbers = chunk[K.ATOMIC_NUMBERS].split(sizes)
-    forces = chunk[K.FORCES].split(sizes) if K.FORCES in chunk else None
-    for k, edges in enumerate(chunk["num_edges"].tolist()):
-        data = Data(z=numbers[k], edge_index=torch.empty((2, edges), dtype=torch.int64))
-        if K.ENERGY in chunk:
-            data[K.ENERGY] = chunk[K.ENERGY][k : k + 1]
-        if forces is not None:
-            data[K.FORCES] = forces[k]
-        yield data
 
 
 def _compose(transforms: list[Callable[[Data], Data]]) -> Callable[[Data], Data] | None:
