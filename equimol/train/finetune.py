@@ -23,7 +23,8 @@ How the weights are matched:
   recognised by their type: :class:`~equimol.nn.PerSpeciesScaleShift` (``scales``, ``shifts``
   ``[S]``), :class:`~equimol.nn.SpeciesEmbedding` (its one-hot input: weight ``[S, C]``) and the
   species self-connection of :class:`~equimol.nn.InteractionBlock` (``[mul_in, S, mul_out]`` per
-  path). e3nn divides these weights by the square root of their fan-in, which grows with the
+  path); a model of your own names its further per-species tensors with ``species_axes``.
+  e3nn divides these weights by the square root of their fan-in, which grows with the
   number of species S, so a copied row is multiplied by ``sqrt(S_new / S_trained)``: the
   fine-tuned model then gives exactly the trained model's energies and forces on structures of
   the elements both know. Elements the trained model did not know keep their fresh
@@ -251,7 +252,8 @@ def _read_checkpoint(path: Path, trusted_modules: Sequence[str] | None) -> _Trai
         raise CheckpointError(f"{path} holds no weights of a potential (no state_dict entries under 'model.')")
     hyper = checkpoint.get("hyper_parameters")
     config = _model_config(hyper.get("model")) if isinstance(hyper, dict) else None
-    recorded = checkpoint.get("equimol", {}).get("atomic_numbers") if isinstance(checkpoint.get("equimol"), dict) else None
+    record = checkpoint.get("equimol")
+    recorded = record.get("atomic_numbers") if isinstance(record, dict) else None
     if recorded:
         atomic_numbers = tuple(int(z) for z in recorded)
     elif config is not None:  # written before checkpoints recorded the elements: rebuild the model
@@ -276,7 +278,9 @@ def _read_source(source: str | os.PathLike | nn.Module, trusted_modules: Sequenc
         state = {key: value.detach() for key, value in potential.state_dict().items()}
         return _Trained(f"the {type(potential).__name__} given", state, tuple(potential.atomic_numbers), None)
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"the source of the weights must be a checkpoint path or a Potential, got {type(source).__name__}")
+        raise TypeError(
+            f"the source of the weights must be a checkpoint path or a Potential, got {type(source).__name__}"
+        )
     return _read_checkpoint(check_source_path(source), trusted_modules)
 
 
@@ -367,7 +371,10 @@ def _shape_hint(name: str, trained: _Trained, new_config: dict[str, Any] | None)
     for fragment, keys in _SHAPE_KEYS:
         if fragment in name:
             likely += [key for key in keys if key not in likely]
-    text = f"likely {MODEL_KEYS}." + (" or ".join(likely[:3]) if likely else "channels, l_max or num_layers")
+    if likely:
+        text = f"likely {MODEL_KEYS}." + " or ".join(likely[:3])
+    else:
+        text = f"compare the keys under {MODEL_KEYS} with those of the trained model"
     if old:
         settings = ", ".join(f"{key}={value!r}" for key, value in old.items() if key not in _SHAPELESS_KEYS)
         text += f"; the trained model was built with {settings}"
@@ -375,11 +382,15 @@ def _shape_hint(name: str, trained: _Trained, new_config: dict[str, Any] | None)
 
 
 def _mismatch(name: str, old: tuple[int, ...], new: tuple[int, ...], trained: _Trained,
-              new_config: dict[str, Any] | None) -> ValueError:
+              new_config: dict[str, Any] | None, same_species: bool = True) -> ValueError:
+    species = "" if same_species else (
+        f"; if {name} depends on the elements other than through equimol's per-species layers, it cannot be "
+        f"copied element by element: keep the trained model's species ({_symbols(trained.atomic_numbers)}) "
+        "or, in Python, name its species axis with load_pretrained_weights(..., species_axes=...)")
     return ValueError(
         f"cannot initialise from {trained.name}: {name} has shape {list(old)} in the trained model "
         f"but {list(new)} in the configured model; the architectures differ "
-        f"({_shape_hint(name, trained, new_config)})"
+        f"({_shape_hint(name, trained, new_config)}){species}"
     )
 
 
@@ -431,8 +442,20 @@ def _copy_rows(name: str, target: torch.Tensor, old: torch.Tensor, layout: _Layo
     return out
 
 
+def _axis_layout(shape: Sequence[int], axis: int) -> _Layout:
+    """The layout of a plain tensor of ``shape`` whose dimension ``axis`` is the species."""
+
+    def blocks(s: int) -> list[_Block]:
+        full = list(shape)
+        full[axis] = s
+        return [_Block(0, tuple(full), axis, 1.0)]
+
+    return blocks
+
+
 def _transferred_state(model: Potential, trained: _Trained, mapping: list[int | None],
-                       new_config: dict[str, Any] | None) -> dict[str, torch.Tensor]:
+                       new_config: dict[str, Any] | None,
+                       species_axes: Mapping[str, int] | None = None) -> dict[str, torch.Tensor]:
     """The state dict ``model`` gets: every tensor from ``trained``, species rows by atomic number."""
     current = {name: value for name, value in model.state_dict().items() if not _generated(name)}
     missing = [name for name in current if name not in trained.state]
@@ -443,6 +466,13 @@ def _transferred_state(model: Potential, trained: _Trained, mapping: list[int | 
         raise _missing(extra, "the configured model has no tensors named", trained, list(current), new_config)
     identity = mapping == list(range(len(trained.atomic_numbers)))
     layouts = {} if identity else _species_layouts(model)
+    for name, axis in (species_axes or {}).items():
+        if name not in current:
+            raise ValueError(f"species_axes names {name!r}, which is not a tensor of {type(model).__name__}")
+        if not -current[name].dim() <= axis < current[name].dim():
+            raise ValueError(f"species_axes: {name} has {current[name].dim()} dimensions, no axis {axis}")
+        if not identity:
+            layouts[name] = _axis_layout(current[name].shape, axis % current[name].dim())
     state = {}
     for name, target in current.items():
         old = trained.state[name]
@@ -450,7 +480,7 @@ def _transferred_state(model: Potential, trained: _Trained, mapping: list[int | 
             state[name] = _copy_rows(name, target, old, layouts[name], mapping, len(trained.atomic_numbers),
                                      trained, new_config)
         elif old.shape != target.shape:
-            raise _mismatch(name, tuple(old.shape), tuple(target.shape), trained, new_config)
+            raise _mismatch(name, tuple(old.shape), tuple(target.shape), trained, new_config, identity)
         else:
             state[name] = old.detach().to(device=target.device, dtype=target.dtype)
     return state
@@ -489,6 +519,7 @@ def load_pretrained_weights(
     freeze: Sequence[str] | None = None,
     trusted_modules: Sequence[str] | None = None,
     model_config: Mapping[str, Any] | None = None,
+    species_axes: Mapping[str, int] | None = None,
 ) -> FinetuneReport:
     """Initialise ``model`` with the weights of a trained model, for fine-tuning.
 
@@ -507,6 +538,9 @@ def load_pretrained_weights(
         trusted_modules: modules besides equimol and torch whose classes the checkpoint may name.
         model_config: the configured model's ``{"class_path", "init_args"}``, only to name the
             differing config keys when shapes do not match.
+        species_axes: further per-species tensors of a model of your own, as state-dict name ->
+            the axis that runs over its species (``{"head.bias": 0}``); their rows are copied by
+            atomic number like those of equimol's per-species layers, which are found by type.
 
     Returns:
         A :class:`FinetuneReport` (also logged at INFO level).
@@ -540,7 +574,7 @@ def load_pretrained_weights(
             f"cannot initialise from {trained.name}: it knows elements {_symbols(trained.atomic_numbers)}, "
             f"none of which is in the configured species {_symbols(model.atomic_numbers)}"
         )
-    state = _transferred_state(model, trained, mapping, _model_config(model_config))
+    state = _transferred_state(model, trained, mapping, _model_config(model_config), species_axes)
     model.load_state_dict(state, strict=False)
     mode = "trained"
     if data_statistics is not None:
@@ -601,7 +635,9 @@ def _matches_of(model: nn.Module, patterns: Sequence[str]) -> list[str]:
             )
         chosen += [name for name in matched if name not in chosen]
     if chosen and len(chosen) == len(names):
-        raise ValueError(f"freeze: {list(patterns)} match every parameter of {type(model).__name__}: nothing would train")
+        raise ValueError(
+            f"freeze: {list(patterns)} match every parameter of {type(model).__name__}: nothing would train"
+        )
     return chosen
 
 

@@ -88,7 +88,7 @@ class PotentialModule(pl.LightningModule):
         lr_scheduler_monitor: the logged value a ``ReduceLROnPlateau`` scheduler watches.
         apply_statistics: hand the training-set statistics to ``model.set_statistics`` before
             the first step of a new run (they are recorded in the checkpoint either way).
-        init_from: fine-tune: a checkpoint of ``equimol fit`` (``.ckpt``) whose weights
+        init_from: a checkpoint of ``equimol fit`` (``.ckpt``) to fine-tune: its weights
             initialise ``model`` when fitting starts, matched by name and, for per-species
             tensors, by atomic number (``model`` may list more elements; see
             :func:`~equimol.train.finetune.load_pretrained_weights`). Read once, at the start of
