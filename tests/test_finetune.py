@@ -338,6 +338,12 @@ def test_fine_tuned_fit_from_a_config_loads_and_resumes_without_the_original_che
     assert not torch.equal(state["network.layers.1.self_interaction.weight"],
                            trained["network.layers.1.self_interaction.weight"])
 
+    # the file name is data, never read as something to import (test.ckpt looks like the module test)
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["hyper_parameters"]["init_from"] = "test.ckpt"
+    torch.save(checkpoint, tmp_path / "renamed.ckpt")
+    assert load_potential(str(tmp_path / "renamed.ckpt")).model.atomic_numbers == (CU, AG)
+
     # resuming reads the run's own checkpoint, not the deleted original
     main(["fit", "--config", str(path), "--trainer.default_root_dir", str(run), "--trainer.max_epochs", "2",
           "--ckpt_path", "last"])

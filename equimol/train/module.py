@@ -194,12 +194,14 @@ class PotentialModule(pl.LightningModule):
             return
         use_data = statistics is not None and self.apply_statistics
         model = type(self.model)
+        # the trained model may name the classes this run is configured with (already imported)
+        trusted = [f"{model.__module__}.{model.__qualname__}", *_class_paths(dict(self.hparams))]
         self.init_report = load_pretrained_weights(
             self.model,
             self.init_from,
             statistics=self.init_statistics if use_data else "keep",
             data_statistics=statistics if use_data else None,
-            trusted_modules=[f"{model.__module__}.{model.__qualname__}"],  # the configured class
+            trusted_modules=trusted,
             model_config=self.hparams.get("model"),
         )
         self.init_report.frozen = tuple(self.frozen)
@@ -291,6 +293,22 @@ class PotentialModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
 
+def _class_paths(value: Any) -> list[str]:
+    """The ``class_path`` strings anywhere inside a config ``value`` (dicts, lists, Namespaces)."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        found = [value["class_path"]] if isinstance(value.get("class_path"), str) else []
+        return found + [path for item in value.values() for path in _class_paths(item)]
+    if isinstance(value, (list, tuple)):
+        return [path for item in value for path in _class_paths(item)]
+    return []
+
+
+#: Hyperparameters that hold data (a file name, name patterns), never something to import.
+_DATA_HPARAMS = ("init_from", "freeze")
+
+
 def parity_pairs(prediction: dict[str, torch.Tensor], batch: Data) -> dict[str, torch.Tensor]:
     """Predicted and true values for a parity plot, detached on the CPU.
 
@@ -342,7 +360,8 @@ def load_potential(
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{checkpoint_path} is not a checkpoint of a Lightning module (it has no state_dict)")
     kwargs = {} if model is None else {"model": model}
-    check_class_paths(checkpoint, checkpoint_path, trusted_modules, ignore=kwargs)
+    # (a file name such as test.ckpt would otherwise read as the importable name test.ckpt)
+    check_class_paths(checkpoint, checkpoint_path, trusted_modules, ignore=[*kwargs, *_DATA_HPARAMS])
     try:
         module = PotentialModule.load_from_checkpoint(
             io.BytesIO(raw), map_location=map_location, weights_only=True, **kwargs
