@@ -107,11 +107,29 @@ class TrainingSettings:
         forces_weight: weight of the force loss term, (eV/Å)^-2 (0: energies only).
         standardize_features: standardise the inputs of models that offer
             ``fit_feature_scaling`` (the feature MLPs) with the training set's features.
-        budget: ``steps``: every model makes the same number of optimizer steps,
-            ``epochs * ceil(n_train / batch_size)`` of the plain training split, so a stacked
-            set of ``k`` copies gets ``epochs / (k + 1)`` passes and a small learning-curve
-            subset more passes (compute held fixed, data varied); ``epochs``: every model
-            makes ``epochs`` passes over its own training set.
+        budget: what every model is given:
+
+            - ``steps`` (default): the same number of optimizer steps,
+              ``epochs * ceil(n_train / batch_size)`` of the plain training split, so a stacked
+              set of ``k`` copies gets ``epochs / (k + 1)`` passes and a small learning-curve
+              subset more passes (compute held fixed, data varied);
+            - ``epochs``: ``epochs`` passes over its own training set;
+            - ``converged``: training until the validation loss has not improved for
+              ``patience`` epochs (or ``max_epochs``), with a plateau schedule
+              (``lr_factor`` after ``lr_patience`` epochs without improvement; ``scheduler``
+              is not used), the best weights restored; ``val_fraction`` of the training
+              split is held out for validation;
+            - ``equal_time``: the same wall-clock ``seconds`` each (its set-up included),
+              with ``scheduler`` ``cosine`` annealed over that time.
+        patience: ``converged``: epochs without a lower validation loss before stopping.
+        lr_patience: ``converged``: epochs without a lower validation loss before the
+            learning rate is multiplied by ``lr_factor``.
+        lr_factor: ``converged``: that factor, in (0, 1).
+        max_epochs: ``converged``: the cap on the epochs (a run that reaches it did not
+            converge by the patience rule; the results say so).
+        val_fraction: ``converged``: fraction of the training split held out for validation
+            (seeded by ``seed``; taken before any augmentation).
+        seconds: ``equal_time``: wall-clock seconds per model.
         seed: seed of weights, batch order and augmentation.
     """
 
@@ -124,7 +142,13 @@ class TrainingSettings:
     energy_weight: float = 1.0
     forces_weight: float = 1.0
     standardize_features: bool = True
-    budget: Literal["steps", "epochs"] = "steps"
+    budget: Literal["steps", "epochs", "converged", "equal_time"] = "steps"
+    patience: int = 20
+    lr_patience: int = 5
+    lr_factor: float = 0.5
+    max_epochs: int = 2000
+    val_fraction: float = 0.1
+    seconds: float = 30.0
     seed: int = 0
 
 
@@ -160,7 +184,7 @@ class ModelEntry:
         augmentation: see :class:`Augmentation`.
         fit: ``gradient`` (Lightning training) or ``closed_form`` (call the model's ``fit``
             on the training graphs, as for ``LinearModel``; no Trainer).
-        epochs: overrides ``training.epochs`` for this model.
+        epochs: overrides ``training.epochs`` for this model (``steps`` and ``epochs`` budgets).
         lr: overrides ``training.lr`` for this model.
     """
 
@@ -174,18 +198,28 @@ class ModelEntry:
 
 @dataclass
 class LearningCurveSettings:
-    """Test error against training-set size.
+    """Test error against training-set size, over seeds, with power-law fits.
+
+    Every model named in ``models`` is trained on nested random subsets of the training split
+    (sizes ``sizes``) for every seed of ``seeds`` (the seed draws the subsets and seeds the
+    training), within ``training.budget``. Per model and test set the study fits
+    ``MSE ~ n**slope`` in log-log (the slope and its spread over the seeds) and, with
+    ``target_mse``, interpolates the number of training structures that reaches it.
 
     Attributes:
-        sizes: training-set sizes (nested random subsets of the training split; sizes
-            larger than the split are clipped to it).
+        sizes: training-set sizes (sizes larger than the split are clipped to it).
+        seeds: seeds; the grid run is reused for ``training.seed`` at the full size.
         models: names of the model entries to train at every size (empty: no curves).
         test_sets: test sets whose energy MSE is recorded.
+        target_mse: the energy MSE (eV²) whose cost in training structures is reported
+            (None: not reported).
     """
 
     sizes: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 400])
+    seeds: list[int] = field(default_factory=lambda: [0])
     models: list[str] = field(default_factory=list)
     test_sets: list[TestSetName] = field(default_factory=lambda: ["original", "random_rotation"])
+    target_mse: Optional[float] = None
 
 
 @dataclass
@@ -361,6 +395,7 @@ def validate_config(config: InvarianceStudyConfig) -> None:
             f"training: epochs, batch_size and lr must be positive, got {training.epochs}, "
             f"{training.batch_size}, {training.lr}"
         )
+    _validate_budget(training)
     if not config.models:
         raise ValueError("models: give at least one model entry")
     names = [entry.name for entry in config.models]
@@ -386,9 +421,29 @@ def validate_config(config: InvarianceStudyConfig) -> None:
         raise ValueError("augmentation_cost: give target_mse or target_model")
     if cost.model and cost.test_set not in config.test_sets:
         raise ValueError(f"augmentation_cost.test_set {cost.test_set!r} is not among test_sets {config.test_sets}")
+    curve = config.learning_curve
+    if curve.models and (not curve.seeds or not curve.sizes or min(curve.sizes) < 1):
+        raise ValueError(f"learning_curve: give at least one seed and positive sizes, got seeds {curve.seeds}, "
+                         f"sizes {curve.sizes}")
+    if curve.target_mse is not None and not curve.target_mse > 0:
+        raise ValueError(f"learning_curve.target_mse must be positive, got {curve.target_mse}")
     missing = [name for name in config.learning_curve.test_sets if name not in config.test_sets]
     if config.learning_curve.models and missing:
         raise ValueError(f"learning_curve.test_sets {missing} are not among test_sets {config.test_sets}")
+
+
+def _validate_budget(training: TrainingSettings) -> None:
+    """The keys of the chosen budget must make sense (the others are not used)."""
+    if training.budget == "converged":
+        for key in ("patience", "lr_patience", "max_epochs"):
+            if getattr(training, key) < 1:
+                raise ValueError(f"training.{key} must be >= 1 for budget 'converged', got {getattr(training, key)}")
+        if not 0 < training.lr_factor < 1:
+            raise ValueError(f"training.lr_factor must be in (0, 1), got {training.lr_factor}")
+        if not 0 < training.val_fraction < 1:
+            raise ValueError(f"training.val_fraction must be in (0, 1), got {training.val_fraction}")
+    if training.budget == "equal_time" and not training.seconds > 0:
+        raise ValueError(f"training.seconds must be positive for budget 'equal_time', got {training.seconds}")
 
 
 def build_model(spec: Any) -> torch.nn.Module:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import matplotlib
-import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 from torch_geometric.data import Data
@@ -23,7 +22,6 @@ __all__ = [
     "loss_curves_figure",
     "parity_figure",
     "error_bars_figure",
-    "learning_curve_figure",
     "augmentation_cost_figure",
     "save",
 ]
@@ -133,29 +131,6 @@ def error_bars_figure(mse: Mapping[str, Mapping[str, float]], test_sets: Sequenc
     ax.set_xticklabels(names, rotation=40, ha="right", fontsize=7)
     ax.set_ylabel("test energy MSE (eV²)")
     ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    return fig
-
-
-def learning_curve_figure(rows: Sequence[Mapping[str, object]], test_sets: Sequence[str]) -> Figure:
-    """Test energy MSE against training-set size (log-log); solid: first test set, dashed: the others."""
-    fig, ax = _subplots(figsize=(7.6, 4.0))
-    models = list(dict.fromkeys(str(row["model"]) for row in rows))
-    for k, model in enumerate(models):
-        colour = matplotlib.colormaps["tab10"](k % 10)
-        mine = [row for row in rows if row["model"] == model]
-        sizes = [int(row["n_train"]) for row in mine]
-        for j, test_set in enumerate(test_sets):
-            ax.plot(sizes, [float(row[f"mse_{test_set}"]) for row in mine], marker="o", ms=3,
-                    color=colour, ls="-" if j == 0 else "--", label=f"{model} ({test_set})")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    all_sizes = sorted({int(row["n_train"]) for row in rows})
-    ax.set_xticks(all_sizes, [str(n) for n in all_sizes])
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.set_xlabel("training structures")
-    ax.set_ylabel("test energy MSE (eV²)")
-    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 

@@ -1,13 +1,17 @@
 """Training and evaluation of one model of the invariance study.
 
 Gradient-trained models go through :class:`equimol.train.PotentialModule` and a Lightning
-``Trainer`` on in-memory graphs (no validation split: the learning-rate schedule follows the
-epoch or the training loss, so the test sets never steer training). Models with a closed-form
-``fit`` (``LinearModel``) are fitted directly.
+``Trainer`` on in-memory graphs, within one of four budgets (``steps``, ``epochs``,
+``converged``, ``equal_time``; see :func:`train_model`). Only the ``converged`` budget has a
+validation split, carved out of the training split, so the test sets never steer training.
+Models with a closed-form ``fit`` (``LinearModel``) are fitted directly.
+
+Every model starts at the mean of its training energies (:func:`centre_energies`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -17,18 +21,29 @@ from typing import Any, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, EarlyStopping
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from equimol import _keys as K
-from equimol.data import compute_statistics
+from equimol.data import DatasetStatistics, compute_statistics, split_indices
 from equimol.models import FeatureMLP, LinearModel
+from equimol.studies._invariance_budgets import BestWeights, TimeBudget
 from equimol.studies._invariance_config import Augmentation, ModelEntry, TrainingSettings, build_model
 from equimol.studies._invariance_data import TransformedGraphs, augmentation_transform, stack_copies
 from equimol.train import PotentialModule
+from equimol.train.losses import PotentialLoss
 
-__all__ = ["TrainedModel", "EpochLossRecorder", "train_model", "predict", "labels", "count_parameters"]
+__all__ = [
+    "TrainedModel",
+    "EpochLossRecorder",
+    "centre_energies",
+    "train_model",
+    "validation_loss",
+    "predict",
+    "labels",
+    "count_parameters",
+]
 
 #: Transformed copies used to standardise the inputs of a model trained with online augmentation.
 _SCALING_COPIES = 4
@@ -47,6 +62,12 @@ class TrainedModel:
         epochs: epochs trained (0 for a closed-form fit).
         n_train: structures in the (possibly stacked) training set.
         loggers: the Lightning loggers of the run (to add final metrics, then close).
+        stopped_by: why training ended: ``budget`` (the steps or epochs of the budget),
+            ``patience`` or ``max_epochs`` (``converged``), ``time`` (``equal_time``),
+            ``fit`` (closed form).
+        val_loss_history: validation loss after each epoch (``converged`` only).
+        best_val_loss: the lowest of them, that of the returned weights (NaN without).
+        validation: the held-out structures of the ``converged`` budget (empty otherwise).
     """
 
     model: torch.nn.Module
@@ -56,6 +77,10 @@ class TrainedModel:
     epochs: int = 0
     n_train: int = 0
     loggers: list[Any] = field(default_factory=list)
+    stopped_by: str = "budget"
+    val_loss_history: list[float] = field(default_factory=list)
+    best_val_loss: float = math.nan
+    validation: list[Data] = field(default_factory=list)
 
 
 class EpochLossRecorder(Callback):
@@ -76,6 +101,51 @@ def count_parameters(model: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
+def _energies(model: torch.nn.Module, graphs: Sequence[Data], batch_size: int = 256) -> np.ndarray:
+    """Energies ``[M]`` eV of ``graphs`` (no forces), in float64."""
+    out = []
+    with torch.no_grad():
+        for batch in DataLoader(list(graphs), batch_size=batch_size, shuffle=False):
+            out.append(model(batch, compute_forces=False)[K.ENERGY].double().numpy())
+    return np.concatenate(out)
+
+
+def centre_energies(model: torch.nn.Module, graphs: Sequence[Data], statistics: DatasetStatistics) -> DatasetStatistics:
+    """Give ``model`` the statistics of ``graphs`` so that it starts at their mean energy.
+
+    ``set_statistics`` sets a model's per-species shifts from the reference energies, which
+    assumes that the untrained network adds nothing on average. A freshly initialised network
+    does add a constant of order ``scale`` per atom (for the equivariant network, whose scale
+    is the force RMS, many times the spread of the energies per atom), which a short training
+    run cannot remove. Here the untrained model's energies of ``graphs`` are compared with
+    the labels, the mean residual is fitted per species (least squares on the species counts,
+    as the references are) and added to the reference energies, and ``set_statistics`` is
+    called again with them: the model then starts at the mean of the training energies, as
+    the mean predictor does, whatever its architecture.
+
+    Args:
+        model: a potential with ``set_statistics`` (called twice).
+        graphs: the training graphs (with ``energy`` labels [1] eV).
+        statistics: :func:`~equimol.data.compute_statistics` of ``graphs``.
+
+    Returns:
+        The statistics given to the model the second time.
+    """
+    model.set_statistics(statistics)
+    if not statistics.reference_energies:
+        return statistics
+    species = sorted(statistics.reference_energies)
+    counts = np.array([[int((g[K.ATOMIC_NUMBERS] == z).sum()) for z in species] for g in graphs], dtype=np.float64)
+    residual = labels(graphs)[K.ENERGY] - _energies(model, graphs)
+    if not np.isfinite(residual).all():
+        raise ValueError("the untrained model predicts non-finite energies on the training structures")
+    offsets, *_ = np.linalg.lstsq(counts, residual, rcond=None)
+    references = {z: statistics.reference_energies[z] + float(offsets[k]) for k, z in enumerate(species)}
+    centred = dataclasses.replace(statistics, reference_energies=references)
+    model.set_statistics(centred)
+    return centred
+
+
 def _scheduler(settings: TrainingSettings, lr: float, epochs: int) -> Any:
     if settings.scheduler == "cosine":
         return functools.partial(
@@ -84,6 +154,26 @@ def _scheduler(settings: TrainingSettings, lr: float, epochs: int) -> Any:
     if settings.scheduler == "plateau":
         return functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau, factor=0.5, patience=10)
     return None
+
+
+def _validation_split(train: Sequence[Data], fraction: float, seed: int) -> tuple[list[Data], list[Data]]:
+    """Seeded split of ``train`` into the structures fitted and those that steer training."""
+    n_val = max(1, round(fraction * len(train)))
+    if n_val >= len(train):
+        raise ValueError(
+            f"training.val_fraction {fraction} leaves no structures to fit of {len(train)} training structures"
+        )
+    fit, val = split_indices(len(train), (len(train) - n_val, n_val), seed + 11)
+    return [train[k] for k in fit], [train[k] for k in val]
+
+
+def _epochs(entry: ModelEntry, settings: TrainingSettings, n_graphs: int, reference_size: int) -> int:
+    """Epochs of a ``steps`` or ``epochs`` budget over ``n_graphs`` (possibly stacked) structures."""
+    epochs = entry.epochs or settings.epochs
+    if settings.budget == "steps":
+        steps = epochs * math.ceil(reference_size / settings.batch_size)
+        epochs = max(1, round(steps / math.ceil(n_graphs / settings.batch_size)))
+    return epochs
 
 
 def train_model(
@@ -97,7 +187,22 @@ def train_model(
     loggers: Sequence[Any] = (),
     reference_size: int | None = None,
 ) -> TrainedModel:
-    """Build ``entry.model`` afresh (seeded) and train it on ``train``.
+    """Build ``entry.model`` afresh (seeded) and train it on ``train`` within ``settings.budget``.
+
+    Budgets (``settings.budget``):
+
+    - ``steps``: ``epochs * ceil(reference_size / batch_size)`` optimizer steps;
+    - ``epochs``: ``epochs`` passes over the (possibly stacked) training set;
+    - ``converged``: a seeded ``val_fraction`` of ``train`` is held out (before any
+      augmentation); the model trains until the validation loss (the training loss on those
+      structures) has not improved for ``patience`` epochs, or ``max_epochs`` passes, with the
+      learning rate multiplied by ``lr_factor`` after ``lr_patience`` epochs without
+      improvement; the weights of the best validation loss are restored;
+    - ``equal_time``: training stops after ``seconds`` of wall-clock time (the model's set-up
+      and statistics included), with the cosine schedule over that time.
+
+    Before training the model gets the training-set statistics and starts at the mean of the
+    training energies (:func:`centre_energies`).
 
     Args:
         entry: the model entry (its ``augmentation`` unless ``augmentation`` is given).
@@ -111,13 +216,24 @@ def train_model(
             split that fixes the number of optimizer steps (default ``len(train)``).
 
     Returns:
-        The trained model with its loss history and timing.
+        The trained model with its loss histories, timing and why it stopped.
     """
+    start, cpu_start = time.perf_counter(), time.process_time()
+    lr = entry.lr or settings.lr
+    budget = None
+    if settings.budget == "equal_time":  # the clock runs from here: set-up and statistics count
+        budget = TimeBudget(settings.seconds, cosine=settings.scheduler == "cosine", lr=lr,
+                            lr_min=lr * settings.min_lr_ratio)
+        budget.start()
     augmentation = augmentation or entry.augmentation
     seed = settings.seed
     pl.seed_everything(seed, verbose=False)
     model = build_model(entry.model).to(dtype)
 
+    validation: list[Data] = []
+    train = list(train)
+    if settings.budget == "converged" and entry.fit == "gradient":
+        train, validation = _validation_split(train, settings.val_fraction, seed)
     transform = None
     graphs: list[Data] = list(train)
     scaling_graphs = graphs
@@ -131,59 +247,91 @@ def train_model(
                 train, augmentation_transform(augmentation.transforms, planar, seed + 1), _SCALING_COPIES
             )
 
-    model.set_statistics(compute_statistics(graphs))
     if settings.standardize_features and isinstance(model, FeatureMLP):
         model.fit_feature_scaling(scaling_graphs)
+    centre_energies(model, graphs, compute_statistics(graphs))
 
     if entry.fit == "closed_form":
         if not isinstance(model, LinearModel):
             raise ValueError(f"model {entry.name!r}: fit is 'closed_form', which only a LinearModel has")
-        start, cpu_start = time.perf_counter(), time.process_time()
         model.fit(graphs)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-        return TrainedModel(model.eval(), [], seconds, cpu_seconds, 0, len(graphs), list(loggers))
+        return TrainedModel(model.eval(), [], seconds, cpu_seconds, 0, len(graphs), list(loggers), stopped_by="fit")
 
-    epochs = entry.epochs or settings.epochs
-    if settings.budget == "steps":
-        steps = epochs * math.ceil((reference_size or len(train)) / settings.batch_size)
-        epochs = max(1, round(steps / math.ceil(len(graphs) / settings.batch_size)))
-    lr = entry.lr or settings.lr
+    recorder = EpochLossRecorder()
+    callbacks: list[Callback] = [recorder]
+    best: BestWeights | None = None
+    early: EarlyStopping | None = None
+    if settings.budget == "converged":
+        epochs = settings.max_epochs
+        scheduler: Any = functools.partial(
+            torch.optim.lr_scheduler.ReduceLROnPlateau, factor=settings.lr_factor, patience=settings.lr_patience
+        )
+        monitor = "val/loss"
+        best = BestWeights(monitor)
+        early = EarlyStopping(monitor=monitor, patience=settings.patience, mode="min", check_finite=False)
+        callbacks += [best, early]
+    elif settings.budget == "equal_time":
+        epochs = -1
+        scheduler = _scheduler(settings, lr, 1) if settings.scheduler == "plateau" else None
+        monitor = "train/loss"
+        callbacks.append(budget)
+    else:
+        epochs = _epochs(entry, settings, len(graphs), reference_size or len(train))
+        scheduler = _scheduler(settings, lr, epochs)
+        monitor = "train/loss"
     module = PotentialModule(
         model,
         energy_weight=settings.energy_weight,
         forces_weight=settings.forces_weight if K.FORCES in graphs[0] else 0.0,
         optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=settings.weight_decay),
-        lr_scheduler=_scheduler(settings, lr, epochs),
-        lr_scheduler_monitor="train/loss",
+        lr_scheduler=scheduler,
+        lr_scheduler_monitor=monitor,
     )
     dataset = TransformedGraphs(graphs, transform if augmentation.mode == "online" else None)
     loader = DataLoader(
         dataset, batch_size=settings.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
-    recorder = EpochLossRecorder()
+    val_loader = DataLoader(validation, batch_size=len(validation), shuffle=False) if validation else None
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
         devices=1,
         precision="64-true" if dtype == torch.float64 else "32-true",
         logger=list(loggers) if loggers else False,
-        callbacks=[recorder],
+        callbacks=callbacks,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         inference_mode=False,
-        limit_val_batches=0,
+        limit_val_batches=1.0 if validation else 0,
         num_sanity_val_steps=0,
         log_every_n_steps=max(1, len(loader)),
         deterministic=False,
     )
-    start, cpu_start = time.perf_counter(), time.process_time()
-    trainer.fit(module, train_dataloaders=loader)
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    if early is not None and early.stopped_epoch > 0:
+        stopped_by = "patience"
+    elif budget is not None and trainer.should_stop:
+        stopped_by = "time"
+    else:
+        stopped_by = "max_epochs" if settings.budget == "converged" else "budget"
     return TrainedModel(
         module.model.eval(), recorder.history, seconds, cpu_seconds, int(trainer.current_epoch), len(graphs),
-        list(loggers),
+        list(loggers), stopped_by=stopped_by, val_loss_history=list(best.history) if best else [],
+        best_val_loss=best.best if best else math.nan, validation=validation,
     )
+
+
+def validation_loss(model: torch.nn.Module, graphs: Sequence[Data], settings: TrainingSettings) -> float:
+    """The training loss (energy-per-atom and force terms, weighted as in ``settings``) of
+    ``model`` on ``graphs`` in one batch: what the ``converged`` budget monitors."""
+    loss = PotentialLoss(settings.energy_weight, settings.forces_weight if K.FORCES in graphs[0] else 0.0)
+    batch = next(iter(DataLoader(list(graphs), batch_size=len(graphs), shuffle=False)))
+    with torch.enable_grad():
+        prediction = model(batch, compute_forces=loss.needs(K.FORCES))
+    return float(loss(prediction, batch)["loss"].detach())
 
 
 def predict(model: torch.nn.Module, graphs: Sequence[Data], batch_size: int = 256) -> dict[str, np.ndarray]:

@@ -22,6 +22,7 @@ Run it from a config::
 
 or from Python with :func:`run_invariance_study`. The results folder holds ``results.csv``
 (one row per model and test set), ``results.md`` (the tables), ``learning_curve.csv``,
+``learning_curve_fit.csv`` (slopes and structures needed to reach a target),
 ``augmentation_cost.csv``, ``loss_history.csv``, ``config.yaml``, ``figures/*.png`` and
 ``figures.md`` (each figure's caption with the command that reproduces it). Every trained
 model of the grid is one W&B run (offline by default) in the group named after the study,
@@ -66,6 +67,12 @@ from equimol.studies._invariance_config import (
 )
 from equimol.studies._invariance_data import build_graphs, load_frames, make_test_sets, split_graphs
 from equimol.studies._invariance_training import TrainedModel, count_parameters, labels, predict, train_model
+from equimol.studies._learning_curves import (
+    fit_power_law,
+    learning_curve_arrays,
+    learning_curve_fit_figure,
+    samples_to_target,
+)
 
 __all__ = [
     "InvarianceStudyConfig",
@@ -74,6 +81,7 @@ __all__ = [
     "build_model",
     "run_invariance_study",
     "markdown_tables",
+    "learning_curve_fits",
     "write_results",
     "main",
     "build_parser",
@@ -85,8 +93,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _COLUMNS = (
-    "model", "augmentation", "fit", "n_params", "n_train", "train_seconds", "train_cpu_seconds", "epochs", "test_set",
-    "energy_mse", "energy_mae", "forces_mse", "forces_mae", "invariance_error",
+    "model", "augmentation", "fit", "n_params", "n_train", "train_seconds", "train_cpu_seconds", "epochs", "stopped_by",
+    "test_set", "energy_mse", "energy_mae", "forces_mse", "forces_mae", "invariance_error",
 )
 
 
@@ -99,10 +107,12 @@ class InvarianceStudyResult:
         rows: one dict per (model, test set) with the keys of ``results.csv``: ``model``,
             ``augmentation``, ``fit``, ``n_params``, ``n_train`` (structures in the possibly
             stacked training set), ``train_seconds`` (wall), ``train_cpu_seconds``, ``epochs``,
+            ``stopped_by`` (see :class:`~equimol.studies._invariance_training.TrainedModel`),
             ``test_set``,
             ``energy_mse`` eV², ``energy_mae`` eV, ``forces_mse`` (eV/Å)², ``forces_mae`` eV/Å
             (NaN without force labels), ``invariance_error`` eV.
-        learning_curve: one dict per (model, size): ``model``, ``n_train`` and ``mse_{set}``.
+        learning_curve: one dict per (model, size, seed): ``model``, ``n_train``, ``seed`` and
+            ``mse_{set}`` (eV²); :func:`learning_curve_fits` fits them.
         augmentation_cost: ``model``, ``test_set``, ``target_mse``, ``target``, ``copies``,
             ``mse`` (one per copies entry) and ``copies_needed`` (None if never reached); or
             None when not configured.
@@ -172,6 +182,7 @@ def _evaluate(
             "train_seconds": trained.seconds,
             "train_cpu_seconds": trained.cpu_seconds,
             "epochs": trained.epochs,
+            "stopped_by": trained.stopped_by,
             "test_set": name,
             **_errors(predictions[name], truths[name]),
             "invariance_error": float(np.mean(np.abs(predictions[name][K.ENERGY] - reference))),
@@ -296,7 +307,7 @@ def _run(
         result.loss_history[entry.name] = trained.loss_history
         _finish_wandb(logger, {f"test/{row['test_set']}/{key}": row[key] for row in rows
                                for key in ("energy_mse", "energy_mae", "invariance_error")})
-        say(f"{entry.name}: {trained.seconds:.1f} s, {trained.epochs} epochs, MSE "
+        say(f"{entry.name}: {trained.seconds:.1f} s, {trained.epochs} epochs (stopped by {trained.stopped_by}), MSE "
             + ", ".join(f"{row['test_set']} {row['energy_mse']:.2e}" for row in rows))
 
     result.learning_curve = _learning_curves(config, by_name, train, test_sets, truths, result, dtype, say)
@@ -319,30 +330,56 @@ def _learning_curves(
     dtype: torch.dtype,
     say: Callable[[str], None],
 ) -> list[dict[str, Any]]:
-    """Energy MSE of ``learning_curve.models`` trained on nested subsets of ``train``."""
+    """Energy MSE of ``learning_curve.models`` trained on nested subsets of ``train``, per seed."""
     settings = config.learning_curve
     if not settings.models:
         return []
-    order = np.random.default_rng(config.training.seed + 7).permutation(len(train))
     sizes = sorted({min(int(n), len(train)) for n in settings.sizes if n > 0})
     rows = []
     for name in settings.models:
         entry = by_name[name]
-        for n in sizes:
-            row: dict[str, Any] = {"model": name, "n_train": n}
-            if n == len(train):  # the grid run is this point
-                for test_set in settings.test_sets:
-                    row[f"mse_{test_set}"] = result.value(name, test_set)
-            else:
-                subset = [train[k] for k in order[:n]]
-                trained = train_model(entry, subset, config.training, planar=config.data.planar, dtype=dtype,
-                                      reference_size=len(train))
-                for test_set in settings.test_sets:
-                    energy = predict(trained.model, test_sets[test_set])[K.ENERGY]
-                    row[f"mse_{test_set}"] = float(np.mean((energy - truths[test_set][K.ENERGY]) ** 2))
-            rows.append(row)
-            say(f"learning curve {name}, n={n}: " + ", ".join(f"{t} {row[f'mse_{t}']:.2e}" for t in settings.test_sets))
+        for seed in settings.seeds:
+            order = np.random.default_rng(seed + 7).permutation(len(train))
+            training = dataclasses.replace(config.training, seed=int(seed))
+            for n in sizes:
+                row: dict[str, Any] = {"model": name, "n_train": n, "seed": int(seed)}
+                if n == len(train) and seed == config.training.seed:  # the grid run is this point
+                    for test_set in settings.test_sets:
+                        row[f"mse_{test_set}"] = result.value(name, test_set)
+                else:
+                    subset = [train[k] for k in order[:n]]
+                    trained = train_model(entry, subset, training, planar=config.data.planar, dtype=dtype,
+                                          reference_size=len(train))
+                    for test_set in settings.test_sets:
+                        energy = predict(trained.model, test_sets[test_set])[K.ENERGY]
+                        row[f"mse_{test_set}"] = float(np.mean((energy - truths[test_set][K.ENERGY]) ** 2))
+                rows.append(row)
+                say(f"learning curve {name}, n={n}, seed {seed}: "
+                    + ", ".join(f"{t} {row[f'mse_{t}']:.2e}" for t in settings.test_sets))
     return rows
+
+
+def learning_curve_fits(result: InvarianceStudyResult) -> list[dict[str, Any]]:
+    """Per model and test set of the learning curves: the power-law slope of the energy MSE
+    against the training-set size (least squares in log-log over sizes and seeds), its spread
+    over seeds and standard error, and the structures needed to reach ``learning_curve.target_mse``
+    (``inf``: not within the sizes; NaN: no target)."""
+    settings = result.config.learning_curve
+    fits = []
+    for model in dict.fromkeys(row["model"] for row in result.learning_curve):
+        for test_set in settings.test_sets:
+            sizes, errors = learning_curve_arrays(result.learning_curve, model, f"mse_{test_set}")
+            try:
+                fit = fit_power_law(sizes, errors)
+                slope, spread, stderr = fit.slope, fit.slope_std, fit.slope_stderr
+            except ValueError:  # a single size
+                slope = spread = stderr = math.nan
+            needed = (samples_to_target(sizes, errors, settings.target_mse) if settings.target_mse is not None
+                      else math.nan)
+            fits.append({"model": model, "test_set": test_set, "slope": slope, "slope_std": spread,
+                         "slope_stderr": stderr, "target_mse": settings.target_mse if settings.target_mse else math.nan,
+                         "n_to_target": needed})
+    return fits
 
 
 def _augmentation_cost(
@@ -443,14 +480,27 @@ def markdown_tables(result: InvarianceStudyResult) -> str:
         parts += [_table(header, body), ""]
     if result.learning_curve:
         sizes = sorted({row["n_train"] for row in result.learning_curve})
-        parts += ["Learning curves: energy MSE (eV²) against the number of training structures:", ""]
+        seeds = sorted({row["seed"] for row in result.learning_curve})
+        parts += ["Learning curves: energy MSE (eV²) against the number of training structures"
+                  + (f" (geometric mean over seeds {seeds})" if len(seeds) > 1 else "") + ":", ""]
         body = []
         for model in dict.fromkeys(row["model"] for row in result.learning_curve):
             for test_set in config.learning_curve.test_sets:
-                values = {row["n_train"]: row[f"mse_{test_set}"]
-                          for row in result.learning_curve if row["model"] == model}
-                body.append([model, test_set, *[values.get(n, math.nan) for n in sizes]])
-        parts += [_table(["model", "test set", *[str(n) for n in sizes]], body), ""]
+                n, errors = learning_curve_arrays(result.learning_curve, model, f"mse_{test_set}")
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    means = {int(k): float(np.exp(np.nanmean(np.log(row)))) for k, row in zip(n, errors)}
+                body.append([model, test_set, *[means.get(k, math.nan) for k in sizes]])
+        parts += [_table(["model", "test set", *[str(k) for k in sizes]], body), ""]
+        fits = learning_curve_fits(result)
+        target = config.learning_curve.target_mse
+        parts += ["Power-law fits MSE ~ n^slope (least squares in log-log over sizes and seeds; ± the spread "
+                  "of the slopes of the seeds)"
+                  + (f" and the training structures needed to reach {target:.2e} eV²" if target else "") + ":", ""]
+        header = ["model", "test set", "slope", "± seeds", *(["n to target"] if target else [])]
+        rows_ = [[f["model"], f["test_set"], f"{f['slope']:.2f}", f"{f['slope_std']:.2f}",
+                  *([("not reached" if math.isinf(f["n_to_target"]) else f"{f['n_to_target']:.0f}")] if target else [])]
+                 for f in fits]
+        parts += [_table(header, rows_), ""]
     cost = result.augmentation_cost
     if cost:
         parts += [f"Cost of augmentation: {cost['model']} trained with k stacked copies "
@@ -498,6 +548,8 @@ def write_results(result: InvarianceStudyResult, out: str | Path, command: str |
     (out / "command.txt").write_text(command + "\n")
     _write_csv(out / "results.csv", result.rows, _COLUMNS)
     _write_csv(out / "learning_curve.csv", result.learning_curve)
+    if result.learning_curve:
+        _write_csv(out / "learning_curve_fit.csv", learning_curve_fits(result))
     if result.augmentation_cost:
         cost = result.augmentation_cost
         _write_csv(out / "augmentation_cost.csv", [
@@ -549,11 +601,14 @@ def _write_figures(result: InvarianceStudyResult, folder: Path) -> dict[str, str
     figures.save(figures.error_bars_figure(mse, sets_all), folder / "error_bars.png")
     captions["error_bars.png"] = "Test energy MSE (eV², log scale) per model and test set."
     if result.learning_curve:
-        figures.save(figures.learning_curve_figure(result.learning_curve, config.learning_curve.test_sets),
+        curves = {f"{model} ({test_set})": learning_curve_arrays(result.learning_curve, model, f"mse_{test_set}")
+                  for model in dict.fromkeys(row["model"] for row in result.learning_curve)
+                  for test_set in config.learning_curve.test_sets}
+        figures.save(learning_curve_fit_figure(curves, target=config.learning_curve.target_mse),
                      folder / "learning_curves.png")
         captions["learning_curves.png"] = (
-            "Test energy MSE against training-set size (solid: "
-            f"{config.learning_curve.test_sets[0]}, dashed: {', '.join(config.learning_curve.test_sets[1:])}).")
+            "Test energy MSE against training-set size (log-log; points: geometric mean over seeds, bars: their "
+            "spread; lines: power-law fits, slopes in the legend).")
     cost = result.augmentation_cost
     if cost:
         figures.save(figures.augmentation_cost_figure(cost["copies"], cost["mse"], cost["target_mse"], cost["test_set"],
