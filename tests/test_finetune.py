@@ -218,14 +218,13 @@ def test_shape_mismatch_names_the_tensor_both_shapes_and_the_config_key(pretrain
     assert "likely model.init_args.model.init_args.channels" in message
     # with both configs known (a checkpoint of equimol fit records its model's), the differing
     # key is named with its two values; a checkpoint that does not record its elements (written
-    # before they were recorded) has them read from the model its config builds
+    # before they were recorded) has them read from the model its config builds, before comparing
     config = {"class_path": "equimol.models.equivariant.EquivariantPotential",
               "init_args": {"species": ["Cu"], **ARCHITECTURE}}
     checkpoint = torch.load(pretrained, weights_only=True)
     checkpoint["hyper_parameters"]["model"] = config
     del checkpoint["equimol"]["atomic_numbers"]
     torch.save(checkpoint, tmp_path / "with_config.ckpt")
-    assert load_pretrained_weights(copper(), tmp_path / "with_config.ckpt", statistics="keep").copied_species == (CU,)
     with pytest.raises(ValueError, match=r"init_args\.channels \(8 in the trained model, 4 here\)"):
         load_pretrained_weights(narrow, tmp_path / "with_config.ckpt", statistics="keep",
                                 model_config={**config, "init_args": {**config["init_args"], "channels": 4}})

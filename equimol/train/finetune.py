@@ -196,7 +196,7 @@ def _looks_like_package(path: Path) -> bool:
     except (zipfile.BadZipFile, OSError):
         return False
     return not any(name.endswith("data.pkl") for name in names) and any(
-        name.endswith(("archive_format", ".so", ".wrapper.cpp", ".json")) or "/data/aotinductor/" in name
+        name.endswith(("archive_format", ".wrapper.cpp")) or "/data/aotinductor/" in name
         for name in names
     )
 
