@@ -17,7 +17,7 @@ from equimol.cli import main as equimol_main
 from equimol.studies import load_config
 from equimol.studies._invariance_config import ModelEntry, TrainingSettings
 from equimol.studies._invariance_data import build_graphs, fixed_permutation, load_frames, split_graphs
-from equimol.studies._invariance_training import predict, train_model
+from equimol.studies._invariance_training import predict, train_model, validation_loss
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "study" / "toy2d_small.yaml"
 BUILT_IN = ("PairNN", "Equivariant l=1")
@@ -123,3 +123,68 @@ def test_fixed_permutation_is_the_classroom_one() -> None:
     assert fixed_permutation(4) == [3, 0, 1, 2]
     assert fixed_permutation(6) == [5, 0, 1, 2, 3, 4]
     assert torch.equal(torch.sort(torch.tensor(fixed_permutation(9))).values, torch.arange(9))
+
+
+# --------------------------------------------------------------------------------------
+# budgets
+
+
+@pytest.fixture(scope="module")
+def tiny_split() -> tuple[list, list, list[ModelEntry]]:
+    """40 toy2d structures (32 for training) and the gradient-trained entries of the small config."""
+    config = load_config(CONFIG)
+    config.data.generator_args = {"n_samples": 40, "seed": 2}
+    train, test = split_graphs(build_graphs(load_frames(config.data), config.data), config.data)
+    return train, test, [entry for entry in config.models if entry.fit == "gradient"]
+
+
+def test_converged_budget_stops_on_patience_and_restores_the_best_weights(tiny_split) -> None:
+    train, _, entries = tiny_split
+    settings = TrainingSettings(batch_size=24, lr=0.02, budget="converged", patience=3, lr_patience=1,
+                                max_epochs=300, val_fraction=0.25, seed=0)
+    for entry in (entries[0], entries[2]):  # the positions MLP and the pair network
+        trained = train_model(entry, train, settings, planar=True)
+        history = trained.val_loss_history
+        assert trained.stopped_by == "patience" and trained.epochs < settings.max_epochs, entry.name
+        assert len(trained.validation) == 8 and len(history) == trained.epochs
+        best = min(history)
+        # the last `patience` epochs did not improve on the best, so restoring it changes the weights
+        assert int(np.argmin(history)) == len(history) - 1 - settings.patience, entry.name
+        assert history[-1] > best and trained.best_val_loss == best
+        assert validation_loss(trained.model, trained.validation, settings) == pytest.approx(best, rel=1e-9)
+
+
+def test_equal_time_budget_gives_every_model_the_same_seconds(tiny_split) -> None:
+    train, _, entries = tiny_split
+    settings = TrainingSettings(batch_size=16, lr=0.005, budget="equal_time", seconds=1.0, seed=0)
+    trained = {entry.name: train_model(entry, train, settings, planar=True) for entry in entries}
+    seconds = {name: run.seconds for name, run in trained.items()}
+    assert all(run.stopped_by == "time" for run in trained.values()), seconds
+    assert max(seconds.values()) < 1.1 * min(seconds.values()), seconds
+    assert all(settings.seconds <= s < 1.1 * settings.seconds for s in seconds.values()), seconds
+    # the same time buys different numbers of epochs: the equivariant network is the slowest
+    epochs = {name: run.epochs for name, run in trained.items()}
+    assert epochs["Equivariant l=1"] < epochs["MLP(positions)"], epochs
+
+
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        (("budget: steps", "budget: convergd"), "convergd"),
+        (("  seed: 0\nmodels", "  patiance: 5\n  seed: 0\nmodels"), "patiance"),
+        (("  seed: 0\nmodels", "  budget: converged\n  patience: 0\n  seed: 0\nmodels"), "training.patience"),
+        (("  seed: 0\nmodels", "  budget: equal_time\n  seconds: 0\n  seed: 0\nmodels"), "training.seconds"),
+        (("  seed: 0\nmodels", "  budget: converged\n  val_fraction: 1.0\n  seed: 0\nmodels"), "val_fraction"),
+        (("  test_sets: [original, random_rotation]", "  test_sets: [original, random_rotation]\n  seedz: [1]"),
+         "seedz"),
+    ],
+)
+def test_budget_keys_are_checked(tmp_path: Path, replace: tuple[str, str], message: str) -> None:
+    text = CONFIG.read_text()
+    if "budget: steps" not in text:
+        text = text.replace("  seed: 0\nmodels", "  budget: steps\n  seed: 0\nmodels")
+    assert replace[0] in text
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace(replace[0], replace[1], 1))
+    with pytest.raises(ValueError, match=message):
+        load_config(bad)
