@@ -199,10 +199,12 @@ def write_ondisk(
         frames: ``ase.Atoms`` (their source is ``source``, their frame number their position),
             or ``(source, frame number, atoms)`` triples, for frames of several files.
         path: the file to write (conventionally with the suffix :data:`ONDISK_SUFFIX`).
-        energy_key, forces_key, stress_key: where each label is found on a frame (``info``,
-            ``arrays`` or calculator results; see :func:`equimol.data.io.frame_labels`), or
-            None to leave it out. A label is stored when the first frame has it, and then
-            every frame must have it.
+        energy_key: where the energy (eV) is found on a frame (``info``, ``arrays`` or
+            calculator results; see :func:`equimol.data.io.frame_labels`), or None to leave it
+            out. A label is stored when the first frame has it, and then every frame must
+            have it.
+        forces_key: where the forces (eV/Å) are found, or None.
+        stress_key: where the stress (eV/Å³, Voigt or 3 x 3) is found, or None.
         require: labels every frame must have.
         info_keys: numeric ``atoms.info`` entries to keep, as in ``AtomsDataset``.
         cutoff: also store the radius graph of this cutoff, Å, so that a data set of this
@@ -924,7 +926,8 @@ class GraphLoader(torch.utils.data.DataLoader):
 
     Args:
         dataset: a data set of ``Data`` (an :class:`OnDiskAtomsDataset` above all).
-        batch_size, shuffle: as ``torch.utils.data.DataLoader``.
+        batch_size: structures per batch.
+        shuffle: draw the structures in a new random order every epoch.
         as_list: give each batch as a list of ``Data`` instead of a ``Batch``.
         **kwargs: the other arguments of ``torch.utils.data.DataLoader`` (``num_workers``,
             ``sampler``, ``persistent_workers``...); a ``collate_fn`` is ignored.
