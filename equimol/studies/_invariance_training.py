@@ -38,6 +38,8 @@ __all__ = [
     "TrainedModel",
     "EpochLossRecorder",
     "centre_energies",
+    "PreparedModel",
+    "prepare_model",
     "train_model",
     "validation_loss",
     "predict",
@@ -176,6 +178,67 @@ def _epochs(entry: ModelEntry, settings: TrainingSettings, n_graphs: int, refere
     return epochs
 
 
+@dataclass
+class PreparedModel:
+    """A freshly built model set up for training, and the data it trains on.
+
+    Attributes:
+        model: the model, with feature scaling and centred statistics (untrained).
+        graphs: the training graphs it sees (stacked copies included).
+        validation: held-out graphs of the ``converged`` budget (empty otherwise).
+        augmentation: the augmentation used.
+        transform: the random transform of the augmentation (None without).
+        statistics: the statistics the model was given (after :func:`centre_energies`).
+    """
+
+    model: torch.nn.Module
+    graphs: list[Data]
+    validation: list[Data]
+    augmentation: Augmentation
+    transform: Any
+    statistics: DatasetStatistics
+
+
+def prepare_model(
+    entry: ModelEntry,
+    train: Sequence[Data],
+    settings: TrainingSettings,
+    *,
+    planar: bool,
+    dtype: torch.dtype = torch.float64,
+    augmentation: Augmentation | None = None,
+) -> PreparedModel:
+    """Build ``entry.model`` afresh (seeded with ``settings.seed``), hold out the validation
+    structures of the ``converged`` budget, draw the stacked copies of its augmentation,
+    standardise the inputs of a feature MLP and centre it on the training energies: everything
+    :func:`train_model` does before training. Arguments as there."""
+    augmentation = augmentation or entry.augmentation
+    seed = settings.seed
+    pl.seed_everything(seed, verbose=False)
+    model = build_model(entry.model).to(dtype)
+
+    validation: list[Data] = []
+    train = list(train)
+    if settings.budget == "converged" and entry.fit == "gradient":
+        train, validation = _validation_split(train, settings.val_fraction, seed)
+    transform = None
+    graphs: list[Data] = list(train)
+    scaling_graphs = graphs
+    if augmentation.mode != "none":
+        transform = augmentation_transform(augmentation.transforms, planar, seed)
+        if augmentation.mode == "stacked":
+            graphs = stack_copies(train, transform, augmentation.copies)
+            scaling_graphs = graphs
+        else:
+            scaling_graphs = stack_copies(
+                train, augmentation_transform(augmentation.transforms, planar, seed + 1), _SCALING_COPIES
+            )
+    if settings.standardize_features and isinstance(model, FeatureMLP):
+        model.fit_feature_scaling(scaling_graphs)
+    statistics = centre_energies(model, graphs, compute_statistics(graphs))
+    return PreparedModel(model, graphs, validation, augmentation, transform, statistics)
+
+
 def train_model(
     entry: ModelEntry,
     train: Sequence[Data],
@@ -225,31 +288,9 @@ def train_model(
         budget = TimeBudget(settings.seconds, cosine=settings.scheduler == "cosine", lr=lr,
                             lr_min=lr * settings.min_lr_ratio)
         budget.start()
-    augmentation = augmentation or entry.augmentation
-    seed = settings.seed
-    pl.seed_everything(seed, verbose=False)
-    model = build_model(entry.model).to(dtype)
-
-    validation: list[Data] = []
-    train = list(train)
-    if settings.budget == "converged" and entry.fit == "gradient":
-        train, validation = _validation_split(train, settings.val_fraction, seed)
-    transform = None
-    graphs: list[Data] = list(train)
-    scaling_graphs = graphs
-    if augmentation.mode != "none":
-        transform = augmentation_transform(augmentation.transforms, planar, seed)
-        if augmentation.mode == "stacked":
-            graphs = stack_copies(train, transform, augmentation.copies)
-            scaling_graphs = graphs
-        else:
-            scaling_graphs = stack_copies(
-                train, augmentation_transform(augmentation.transforms, planar, seed + 1), _SCALING_COPIES
-            )
-
-    if settings.standardize_features and isinstance(model, FeatureMLP):
-        model.fit_feature_scaling(scaling_graphs)
-    centre_energies(model, graphs, compute_statistics(graphs))
+    setup = prepare_model(entry, train, settings, planar=planar, dtype=dtype, augmentation=augmentation)
+    model, graphs, validation, seed = setup.model, setup.graphs, setup.validation, settings.seed
+    augmentation, transform = setup.augmentation, setup.transform
 
     if entry.fit == "closed_form":
         if not isinstance(model, LinearModel):
