@@ -84,9 +84,16 @@ def test_linear_model_on_inverse_distances_is_exact_for_coulomb_energies(study) 
 
 def test_results_folder_holds_tables_and_figures(study) -> None:
     out, _ = study
-    for name in ("results.csv", "results.md", "learning_curve.csv", "augmentation_cost.csv", "loss_history.csv",
-                 "config.yaml", "command.txt", "figures.md"):
+    for name in ("results.csv", "results.md", "learning_curve.csv", "learning_curve_fit.csv", "augmentation_cost.csv",
+                 "loss_history.csv", "config.yaml", "command.txt", "figures.md"):
         assert (out / name).is_file(), name
+    with open(out / "learning_curve.csv") as handle:
+        curve = list(csv.DictReader(handle))
+    assert sorted((int(row["n_train"]), int(row["seed"])) for row in curve) == [(40, 0), (40, 1), (160, 0), (160, 1)]
+    with open(out / "learning_curve_fit.csv") as handle:
+        fits = {row["test_set"]: row for row in csv.DictReader(handle)}
+    # the positions MLP learns the original structures, never the rotated ones: no slope there to speak of
+    assert set(fits) == {"original", "random_rotation"} and abs(float(fits["random_rotation"]["slope"])) < 0.2
     for name in ("positions", "energy_histogram", "loss_curves", "parity", "error_bars", "learning_curves",
                  "augmentation_cost"):
         path = out / "figures" / f"{name}.png"

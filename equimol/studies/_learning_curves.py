@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from equimol.train.plots import new_figure
 
@@ -175,11 +176,13 @@ def learning_curve_fit_figure(
         ylabel: the y-axis label (the unit of the errors).
         target: an error to mark, or None.
     """
-    fig = new_figure(figsize=(6.4, 4.2))
+    fig = new_figure(figsize=(9.0, 4.2))
     ax = fig.subplots()
+    all_sizes: set[float] = set()
     colours = [f"C{k % 10}" for k in range(len(curves))]
     for colour, (label, (sizes, errors)) in zip(colours, curves.items()):
         n, e = _as_grid(sizes, errors)
+        all_sizes.update(n.tolist())
         with np.errstate(divide="ignore", invalid="ignore"):
             log_e = np.log10(np.where(e > 0, e, np.nan))
         mean = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in log_e])
@@ -199,6 +202,9 @@ def learning_curve_fit_figure(
         ax.axhline(target, color="k", ls=":", lw=1.0, label=f"target {target:.2g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ticks = sorted(all_sizes)
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("training structures")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
