@@ -33,16 +33,35 @@ __all__ = ["SUBCOMMANDS", "main"]
 
 #: name -> (module, function in it taking ``list[str]`` and returning an exit code, help).
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "init": (
+        "equimol.train.init_config",
+        "init_main",
+        "write a commented training config for a structure file (species and label keys detected)",
+    ),
     "generate": (
         "equimol.generate",
         "cli_main",
         "generate a labelled data set (toy2d, lj-cluster, lj-gravity-mc, emt-md, molecule-md)",
     ),
+    "convert": (
+        "equimol.data._convert_cli",
+        "convert_main",
+        "convert a structure file into an on-disk data set read lazily in training",
+    ),
     "fit": ("equimol.train.cli", "fit_main", "train a model from a config (--ckpt_path last resumes)"),
+    "committee": (
+        "equimol.train.committee",
+        "committee_main",
+        "train several models from one config (seeds, optionally splits) for uncertainty",
+    ),
     "validate": ("equimol.train.cli", "validate_main", "metrics of a checkpoint on the validation split"),
     "test": ("equimol.train.cli", "test_main", "metrics of a checkpoint on the test split"),
-    "predict": ("equimol.train.cli", "predict_main", "predictions of a checkpoint on the test split"),
-    "evaluate": ("equimol.train.evaluate", "evaluate_main", "metrics JSON and parity plot of a checkpoint on data"),
+    "evaluate": (
+        "equimol.engines.evaluate",
+        "evaluate_main",
+        "metrics, per-frame predictions (extxyz) and plots of a model on any structure file",
+    ),
+    "predict": ("equimol.engines.evaluate", "predict_main", "predictions of a model on any structure file, as extxyz"),
     "compile": (
         "equimol.engines._compile_cli",
         "compile_main",
