@@ -102,7 +102,7 @@ class Committee(InferenceBackend):
             try:
                 self.members.append(backends.load_backend(source, device=device, dtype=dtype, compile=compile))
             except (TypeError, ValueError) as error:
-                raise type(error)(f"committee member {name}: {error}") from error
+                raise _naming(error, name) from error
         first, name = self.members[0], self.names[0]
         for member, other in zip(self.members[1:], self.names[1:]):
             if abs(member.cutoff - first.cutoff) > 1e-9:
@@ -175,6 +175,16 @@ def load_backend(
             return backends.load_backend(source[0], device=device, dtype=dtype, compile=compile)
         return Committee(source, device=device, dtype=dtype, compile=compile)
     return backends.load_backend(source, device=device, dtype=dtype, compile=compile)
+
+
+def _naming(error: TypeError | ValueError, name: str) -> TypeError | ValueError:
+    """``error`` of the same type with the member's name in front of its message (a plain
+    ValueError or TypeError where the type takes other arguments)."""
+    message = f"committee member {name}: {error}"
+    try:
+        return type(error)(message)
+    except Exception:  # an exception class with a signature of its own
+        return (ValueError if isinstance(error, ValueError) else TypeError)(message)
 
 
 def _member_name(source: Source, position: int) -> str:
