@@ -1,7 +1,8 @@
 """A damaged checkpoint (empty, truncated, altered bytes, not an archive) is one error naming the
 file, saying what is wrong and listing the other checkpoints of its folder, on every path that
-reads a checkpoint: ``load_potential``, ``equimol evaluate``, ``equimol compile``, the ASE
-calculator and ``equimol fit --ckpt_path last``. One tiny model is trained for the module."""
+reads a checkpoint: ``load_potential``, ``equimol evaluate`` (a member of a committee too),
+``equimol compile``, the ASE calculator and ``equimol fit --ckpt_path last``. One tiny model is
+trained for the module."""
 
 from __future__ import annotations
 
@@ -127,6 +128,19 @@ def test_evaluate_reports_a_damaged_checkpoint_in_one_line(damaged_run, request,
                          "--out", str(damaged_run / "evaluation")])
     assert code == 2
     _message_ok(_error_line(capsys, "equimol evaluate"), damaged_run, kind)
+    assert not (damaged_run / "evaluation").exists()
+
+
+@pytest.mark.parametrize("damaged_run", ["truncated"], indirect=True)
+def test_evaluate_names_the_damaged_member_of_a_committee(damaged_run, capsys):
+    checkpoints = damaged_run / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    code = equimol_main(["evaluate", "--ckpt", str(checkpoints / "best-epoch=000.ckpt"), "--ckpt", str(last),
+                         "--data", "sample:ethanol_gfn2", "--out", str(damaged_run / "evaluation")])
+    assert code == 2
+    line = _error_line(capsys, "equimol evaluate")
+    assert f"committee member {last}: " in line
+    _message_ok(line, damaged_run, "truncated")
     assert not (damaged_run / "evaluation").exists()
 
 
