@@ -145,7 +145,7 @@ def test_metrics_are_those_computed_by_hand_from_the_written_file(evaluated):
         assert result["metrics"][name] == pytest.approx(value, rel=1e-5, abs=1e-9), name
     assert result["num_structures"] == result["num_evaluated"] == 10 and result["non_finite"] == []
     assert result["uncertainty"] is None
-    for figure in ("parity_energy_per_atom", "parity_forces", "parity_stress", "errors"):
+    for figure in ("parity_energy_per_atom", "parity_forces", "parity_stress", "parity", "errors"):
         assert (evaluated / f"{figure}.png").stat().st_size > 10_000, figure
     assert not (evaluated / "uncertainty.png").exists()
 

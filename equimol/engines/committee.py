@@ -113,7 +113,7 @@ class Committee(InferenceBackend):
             if member.dtype != first.dtype:
                 raise ValueError(
                     f"committee member {other} computes in {member.dtype}, but {name} in {first.dtype}; pass "
-                    "dtype= to run every member in one dtype"
+                    "dtype= (--dtype on the command line) to run every member in one dtype"
                 )
             if member.device != first.device:
                 raise ValueError(f"committee member {other} computes on {member.device}, but {name} on {first.device}")

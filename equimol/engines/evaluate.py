@@ -17,8 +17,9 @@ predictions with the labels of ``D`` and writes to ``DIR``:
   eV/Å, ``stress_rmse`` eV/Å³) and, for a committee, ``energy_std`` (info), ``forces_std``
   (arrays) and ``stress_std`` (info);
 - ``parity_energy_per_atom.png``, ``parity_forces.png``, ``parity_stress.png`` (those of the
-  quantities labelled), ``errors.png`` (histograms of the errors) and, for a committee,
-  ``uncertainty.png`` (spread against error per structure).
+  quantities labelled) and ``parity.png`` (all of them side by side), ``errors.png``
+  (histograms of the errors) and, for a committee, ``uncertainty.png`` (spread against error
+  per structure).
 
 ``equimol predict --ckpt C [--ckpt C2 ...] --data D [--out predictions.extxyz]`` needs no
 labels and writes the predictions alone, the same file without the references and errors.
@@ -119,12 +120,17 @@ class DataSource:
         frames: a function returning an iterator of ``(frame number in its file, ase.Atoms)``.
         keys: label name -> the key the frames store it under (None: not read).
         total: the number of frames, where it is known without reading them.
+        name: a short description, for the titles of figures (default: ``description``).
     """
 
     description: str
     frames: Callable[[], Iterator[tuple[int, ase.Atoms]]]
     keys: LabelKeys = field(default_factory=lambda: dict(DEFAULT_KEYS))
     total: int | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.description
 
 
 def open_data(data: str | os.PathLike, cutoff: float, keys: LabelKeys | None = None) -> DataSource:
@@ -165,10 +171,12 @@ def _open(located: tuple[Path, str | None, bool], cutoff: float, keys: LabelKeys
     path, index, is_config = located
     if is_config:
         return _config_source(path, cutoff)
+    selection = f"@{index}" if index else ""
     return DataSource(
-        description=str(path) + (f"@{index}" if index else ""),
+        description=f"{path}{selection}",
         frames=lambda: _numbered(iter_frames(path, index or ":"), index),
         keys=dict(DEFAULT_KEYS if keys is None else keys),
+        name=f"{path.name}{selection}",
     )
 
 
@@ -228,7 +236,8 @@ def _config_source(path: Path, cutoff: float) -> DataSource:
 
     keys = {K.ENERGY: datamodule.keys["energy_key"], K.FORCES: datamodule.keys["forces_key"],
             K.STRESS: datamodule.keys["stress_key"]}
-    return DataSource(f"{path} ({name} split of {source})", frames, keys, total=len(wanted))
+    return DataSource(f"{path} ({name} split of {source})", frames, keys, total=len(wanted),
+                      name=f"{path.name} ({name} split)")
 
 
 # ----------------------------------------------------------------------------- predicting
@@ -545,7 +554,8 @@ class _Accumulator:
             values = sample.values()
             if len(values) == 0:
                 continue
-            rho = float(spearmanr(values[:, 0], values[:, 1]).statistic) if len(values) > 2 else float("nan")
+            spread = len(values) > 2 and np.ptp(values[:, 0]) > 0 and np.ptp(values[:, 1]) > 0
+            rho = float(spearmanr(values[:, 0], values[:, 1]).statistic) if spread else float("nan")  # else undefined
             found[name] = {"spearman": _finite(rho), "num_frames": sample.seen, "mean_std": float(values[:, 0].mean()),
                            "mean_error": float(values[:, 1].mean()), "measure": measures[name]}
         return found
@@ -639,26 +649,26 @@ def evaluate(
         (out / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False, ensure_ascii=False),
                                           encoding="utf-8")
         if plots:
-            _figures(accumulator, result, out)
+            _figures(accumulator, result, out, source.name)
     return result
 
 
-def _figures(accumulator: _Accumulator, result: dict[str, Any], out: Path) -> None:
-    """``parity_<quantity>.png`` per quantity labelled, ``errors.png`` and, for a committee,
-    ``uncertainty.png``."""
+def _figures(accumulator: _Accumulator, result: dict[str, Any], out: Path, title: str) -> None:
+    """``parity_<quantity>.png`` per quantity labelled, ``parity.png`` with all of them,
+    ``errors.png`` and, for a committee, ``uncertainty.png``."""
     from equimol.train.plots import error_histogram_figure, parity_figure, save_figure, uncertainty_figure
 
     pairs = {name: sample.values() for name, sample in accumulator.pairs.items() if sample.seen}
+    exact = {name: (result["per_quantity"][name]["mae"], result["per_quantity"][name]["rmse"]) for name in pairs}
     for name, values in pairs.items():
-        quantity = result["per_quantity"][name]
-        figure = parity_figure({name: values}, title=result["data"], errors={name: (quantity["mae"], quantity["rmse"])})
-        save_figure(figure, out / f"parity_{name}.png")
-    save_figure(error_histogram_figure({name: v[:, 0] - v[:, 1] for name, v in pairs.items()}, title=result["data"]),
+        save_figure(parity_figure({name: values}, title=title, errors=exact), out / f"parity_{name}.png")
+    save_figure(parity_figure(pairs, title=title, errors=exact), out / "parity.png")  # all of them side by side
+    save_figure(error_histogram_figure({name: v[:, 0] - v[:, 1] for name, v in pairs.items()}, title=title),
                 out / "errors.png")
     if result["uncertainty"] is not None:
         spread = {name: sample.values() for name, sample in accumulator.spread.items() if sample.seen}
         rho = {name: (result["uncertainty"].get(name) or {}).get("spearman") for name in spread}
-        save_figure(uncertainty_figure(spread, rho, title=result["data"]), out / "uncertainty.png")
+        save_figure(uncertainty_figure(spread, rho, title=title), out / "uncertainty.png")
 
 
 def predict(
