@@ -168,7 +168,9 @@ def load_backend(
     Args:
         source: a ``.pt2`` package, a checkpoint of ``equimol fit``, a model object or a
             backend; or a list of them (a committee; a list of one is that one source).
-        device, dtype, compile: as in :func:`equimol.engines.backends.load_backend`.
+        device: where to compute.
+        dtype: floating dtype (default: the models' own).
+        compile: as in :func:`equimol.engines.backends.load_backend`.
     """
     if isinstance(source, (list, tuple)):
         if len(source) == 1:
