@@ -50,7 +50,7 @@ def test_committee_mean_and_std_are_numpys_over_the_members(members):
     batch = Batch.from_data_list([atoms_to_graph(atoms, CUTOFF, dtype=torch.float64) for atoms in frames])
     outputs = [Eager(member).compute(batch, compute_stress=True) for member in members]
     for ddof in (0, 1):
-        committee = Committee(members, ddof=ddof)
+        committee = Committee([Eager(member) for member in members], ddof=ddof)
         out = committee.compute(batch, compute_stress=True)
         for key in ("energy", "forces", "stress"):
             stacked = np.stack([o[key].numpy() for o in outputs])
@@ -83,12 +83,14 @@ def test_calculator_results_carry_energy_std_and_forces_std(members):
 
 def test_members_that_do_not_fit_together_are_refused_naming_the_member(members):
     with pytest.raises(ValueError, match=r"member 1 \(EquivariantPotential\) reads graphs of cutoff 4.0 Å"):
-        Committee([members[0], _potential(1, cutoff=4.0)])
+        load_backend([members[0], _potential(1, cutoff=4.0)])
     with pytest.raises(ValueError, match=r"member 2 \(EquivariantPotential\) computes in torch.float32"):
-        Committee([members[0], members[1], _potential(2, dtype=torch.float32)])
-    assert Committee([members[0], _potential(2, dtype=torch.float32)], dtype=torch.float64).dtype == torch.float64
+        load_backend([members[0], members[1], _potential(2, dtype=torch.float32)])
+    assert load_backend([members[0], _potential(2, dtype=torch.float32)], dtype=torch.float64).dtype == torch.float64
     with pytest.raises(ValueError, match="at least two members, got 1"):
-        Committee([members[0]])
+        Committee([Eager(members[0])])
+    with pytest.raises(TypeError, match="not a loaded backend"):
+        Committee(members)
     assert isinstance(load_backend([members[0]]), Eager)  # a list of one is that model
     with pytest.raises(FileNotFoundError, match="missing.ckpt: no such checkpoint"):
         load_backend([members[0], "missing.ckpt"])
@@ -96,7 +98,7 @@ def test_members_that_do_not_fit_together_are_refused_naming_the_member(members)
 
 def test_the_committee_knows_the_elements_every_member_knows(members):
     copper = _potential(5, species=["Cu", "H", "C"])
-    committee = Committee([members[0], copper])
+    committee = load_backend([members[0], copper])
     assert committee.atomic_numbers == (1, 6)
     atoms = _structures()[0]  # ethanol: H, C and O
     atoms.calc = EquimolCalculator(committee)

@@ -11,8 +11,8 @@ first use, so that this package imports without TorchSim or LAMMPS installed
 """
 
 from equimol.engines.ase_calculator import EquimolCalculator
-from equimol.engines.backends import Compiled, Eager, InferenceBackend, Package, load_model
-from equimol.engines.committee import Committee, load_backend
+from equimol.engines.backends import Compiled, Eager, InferenceBackend, Package, load_backend, load_model
+from equimol.engines.committee import Committee
 
 __all__ = [
     "InferenceBackend",

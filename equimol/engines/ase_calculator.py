@@ -34,8 +34,8 @@ from torch import nn
 
 from equimol import _keys as K
 from equimol.data.graph import atoms_to_graph
-from equimol.engines.backends import InferenceBackend
-from equimol.engines.committee import ENERGY_STD, FORCES_STD, STRESS_STD, Committee, load_backend
+from equimol.engines.backends import InferenceBackend, load_backend
+from equimol.engines.committee import ENERGY_STD, FORCES_STD, STRESS_STD, Committee
 
 __all__ = ["EquimolCalculator"]
 

@@ -17,8 +17,8 @@ backend             what runs
 :func:`load_backend` picks one from what it is given (a checkpoint, a package, a model object).
 A new backend is one subclass of :class:`InferenceBackend`; the engines need no change. Several
 models run as one backend, with the spread of their predictions as an uncertainty, are a
-:class:`~equimol.engines.committee.Committee`: ``equimol.engines.load_backend`` (the function
-of :mod:`equimol.engines.committee`) takes a list of sources and returns one.
+:class:`~equimol.engines.committee.Committee`: :func:`load_backend` given a list of sources
+returns one, so every engine on this interface takes a committee.
 
 Graphs follow equimol's conventions (``equimol._keys``): ``pos [N, 3]`` Å, ``z [N]`` atomic
 numbers, ``cell [B, 3, 3]`` Å, ``pbc [B, 3]``, ``edge_index [2, E]`` (row 0 neighbour j, row 1
@@ -27,10 +27,10 @@ centre i), ``edge_shift [E, 3]`` and, for several structures, ``batch [N]``.
 
 from __future__ import annotations
 
-import abc
 import copy
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -39,52 +39,14 @@ from torch_geometric.data import Data
 
 from equimol import _keys as K
 from equimol.data.graph import edge_vectors
+from equimol.engines.base import InferenceBackend
+from equimol.engines.committee import Committee
 from equimol.models._traced import outputs_from_edge_gradients
 from equimol.models.aot import AOT_FORMAT
 from equimol.models.base import Potential
 from equimol.models.equivariant import EquivariantPotential
-from equimol.models.species import SpeciesIndex
 
-__all__ = ["InferenceBackend", "Eager", "Compiled", "Package", "load_backend", "load_model"]
-
-
-class InferenceBackend(abc.ABC):
-    """A trained potential, ready to compute.
-
-    Attributes:
-        cutoff: radius of the graphs it needs, Å.
-        atomic_numbers: the elements it knows (species ``k`` is ``atomic_numbers[k]``).
-        dtype: floating dtype of its inputs and outputs.
-        device: where it computes.
-    """
-
-    cutoff: float
-    atomic_numbers: tuple[int, ...]
-    dtype: torch.dtype
-    device: torch.device
-
-    def __init__(self, cutoff: float, atomic_numbers: tuple[int, ...], dtype: torch.dtype, device: torch.device,
-                 name: str) -> None:
-        self.cutoff = float(cutoff)
-        self.atomic_numbers = tuple(atomic_numbers)
-        self.dtype = dtype
-        self.device = torch.device(device)
-        self._species_index = SpeciesIndex(self.atomic_numbers, owner=name)
-
-    def species_index(self, z: torch.Tensor) -> torch.Tensor:
-        """Species indices ``[N]`` of atomic numbers ``z [N]``; ValueError for unknown elements."""
-        return self._species_index(z)
-
-    @abc.abstractmethod
-    def compute(self, graph: Data, compute_stress: bool = False) -> dict[str, torch.Tensor]:
-        """Energies and forces of the structures in ``graph`` (on :attr:`device`, in :attr:`dtype`).
-
-        Returns:
-            ``energy [B]`` eV, ``forces [N, 3]`` eV/Å and, when ``compute_stress``,
-            ``stress [B, 3, 3]`` eV/Å³ (ASE's sign; zeros for structures not periodic along
-            all three axes). Nothing is differentiable. A backend may add outputs: a
-            committee adds ``energy_std [B]``, ``forces_std [N, 3]`` (and ``stress_std``).
-        """
+__all__ = ["InferenceBackend", "Eager", "Compiled", "Package", "Committee", "load_backend", "load_model"]
 
 
 class Eager(InferenceBackend):
@@ -220,32 +182,43 @@ def load_model(source: str | os.PathLike | nn.Module, device: str | torch.device
     return model.to(device).eval()
 
 
+#: What :func:`load_backend` takes for one model.
+Source = str | os.PathLike | nn.Module | InferenceBackend
+
+
 def load_backend(
-    source: str | os.PathLike | nn.Module | InferenceBackend,
+    source: Source | Sequence[Source],
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     compile: bool | None = None,
 ) -> InferenceBackend:
-    """The backend that runs ``source`` (one source; a list of several makes a committee
-    through ``equimol.engines.load_backend``, see :mod:`equimol.engines.committee`).
+    """The backend that runs ``source``.
 
     Args:
         source: a ``.pt2`` package (:class:`Package`), a checkpoint of ``equimol fit`` or a
             model object (:class:`Eager`, or :class:`Compiled` when ``compile``), or a backend
-            (returned as it is).
+            (returned as it is); or a list of several of them, each loaded so, as one
+            :class:`~equimol.engines.committee.Committee` (the mean prediction and the
+            members' spread; a list of one is that one source).
         device: where to compute.
         dtype: floating dtype (default: the model's or the package's own).
         compile: True compiles the model, False runs it eagerly, None keeps the model's own
             setting (a model trained with ``compile: true`` stays compiled). Packages are
             compiled already.
     """
+    if isinstance(source, (list, tuple)):
+        if len(source) == 1:
+            return load_backend(source[0], device, dtype, compile)
+        names = [_member_name(member, position) for position, member in enumerate(source)]
+        members = []
+        for name, member in zip(names, source, strict=True):
+            try:
+                members.append(load_backend(member, device, dtype, compile))
+            except (TypeError, ValueError, OSError) as error:
+                raise _naming(error, name) from error
+        return Committee(members, names)
     if isinstance(source, InferenceBackend):
         return source
-    if isinstance(source, (list, tuple)):
-        raise TypeError(
-            f"equimol.engines.backends.load_backend takes one source, got a {type(source).__name__} of "
-            f"{len(source)}; for a committee use equimol.engines.load_backend (equimol.engines.committee)"
-        )
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".pt2":
         return Package(source, device, dtype)
     # the backend copies the model once; the caller's object is never changed
@@ -256,6 +229,26 @@ def load_backend(
     if compile is False and isinstance(backend.model, EquivariantPotential):
         backend.model.set_compile(False)
     return backend
+
+
+def _naming(error: Exception, name: str) -> Exception:
+    """``error`` of the same type with the committee member's name in front of its message (a
+    plain ValueError or TypeError where the type takes other arguments)."""
+    message = f"committee member {name}: {error}"
+    try:
+        return type(error)(message)
+    except Exception:  # an exception class with a signature of its own
+        return (TypeError if isinstance(error, TypeError) else ValueError)(message)
+
+
+def _member_name(source: Source, position: int) -> str:
+    """``runs/a/last.ckpt``, or ``2 (EquivariantPotential)`` for an object."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    path = getattr(source, "path", None)
+    if isinstance(path, (str, os.PathLike)):
+        return str(path)
+    return f"{position} ({type(source).__name__})"
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -24,31 +24,26 @@ what MACE's committee calculator reports). ``ddof=1`` gives the sample standard 
 estimate of the spread of all models that could have been trained, larger by
 ``sqrt(M / (M - 1))``; rankings of structures by uncertainty are the same either way.
 
-:func:`load_backend` is :func:`equimol.engines.backends.load_backend` that also takes a list
-of sources and then returns a :class:`Committee`; ``equimol.engines.load_backend`` is this
-function, and ``EquimolCalculator([ckpt1, ckpt2, ...])`` uses it.
+:func:`equimol.engines.load_backend` given a list of sources loads each and returns their
+:class:`Committee`; ``EquimolCalculator([ckpt1, ckpt2, ...])`` and the MD engines take such a
+list the same way.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 from torch_geometric.data import Data
 
 from equimol import _keys as K
-from equimol.engines import backends
-from equimol.engines.backends import InferenceBackend
+from equimol.engines.base import InferenceBackend
 
-__all__ = ["Committee", "load_backend", "ENERGY_STD", "FORCES_STD", "STRESS_STD"]
+__all__ = ["Committee", "ENERGY_STD", "FORCES_STD", "STRESS_STD"]
 
 #: Output keys of the committee's spread: ``energy_std [B]`` eV, ``forces_std [N, 3]`` eV/Å,
 #: ``stress_std [B, 3, 3]`` eV/Å³.
 ENERGY_STD, FORCES_STD, STRESS_STD = "energy_std", "forces_std", "stress_std"
-
-Source = str | os.PathLike | nn.Module | InferenceBackend
 
 #: Outputs averaged over the members (when every member gives them).
 _AVERAGED = (K.ENERGY, K.FORCES, K.STRESS, K.PER_ATOM_ENERGY)
@@ -60,12 +55,9 @@ class Committee(InferenceBackend):
     """Several potentials as one backend: the mean of their predictions and its spread.
 
     Args:
-        members: at least two sources, each anything :func:`~equimol.engines.load_backend`
-            takes (a checkpoint, a ``.pt2`` package, a model object, a backend).
-        device: where every member computes.
-        dtype: floating dtype of every member (default: the members' own, which must then
-            agree).
-        compile: as in :func:`~equimol.engines.load_backend`, for every member.
+        members: at least two loaded backends (:func:`~equimol.engines.load_backend` of each
+            source; ``load_backend([a, b, ...])`` does both steps).
+        names: a name per member for messages (its file); default: its class and position.
         ddof: delta degrees of freedom of the standard deviation (0: the committee's own
             spread; 1: the sample standard deviation; see the module's docstring).
 
@@ -76,33 +68,28 @@ class Committee(InferenceBackend):
 
     Attributes:
         members: the members' backends.
-        names: a name per member (its file, or its class and position).
+        names: a name per member.
         ddof: as given.
     """
 
-    def __init__(
-        self,
-        members: Sequence[Source],
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-        compile: bool | None = None,
-        *,
-        ddof: int = 0,
-    ) -> None:
-        if isinstance(members, (str, os.PathLike, nn.Module, InferenceBackend)):
-            members = [members]
+    def __init__(self, members: Sequence[InferenceBackend], names: Sequence[str] | None = None, *,
+                 ddof: int = 0) -> None:
         members = list(members)
         if len(members) < 2:
             raise ValueError(f"a committee needs at least two members, got {len(members)}")
+        for position, member in enumerate(members):
+            if not isinstance(member, InferenceBackend):
+                raise TypeError(
+                    f"committee member {position} is a {type(member).__name__}, not a loaded backend; "
+                    "equimol.engines.load_backend([...]) loads checkpoints, packages and models"
+                )
         if not (isinstance(ddof, int) and 0 <= ddof < len(members)):
             raise ValueError(f"ddof must be an integer from 0 to {len(members) - 1} for {len(members)} members, got {ddof!r}")
-        self.names = [_member_name(source, k) for k, source in enumerate(members)]
-        self.members: list[InferenceBackend] = []
-        for name, source in zip(self.names, members):
-            try:
-                self.members.append(backends.load_backend(source, device=device, dtype=dtype, compile=compile))
-            except (TypeError, ValueError) as error:
-                raise _naming(error, name) from error
+        self.names = list(names) if names is not None else [
+            f"{position} ({type(member).__name__})" for position, member in enumerate(members)]
+        if len(self.names) != len(members):
+            raise ValueError(f"{len(self.names)} names for {len(members)} committee members")
+        self.members: list[InferenceBackend] = members
         first, name = self.members[0], self.names[0]
         for member, other in zip(self.members[1:], self.names[1:]):
             if abs(member.cutoff - first.cutoff) > 1e-9:
@@ -154,46 +141,3 @@ class Committee(InferenceBackend):
                 f"atomic number(s) {unknown} not known to every committee member ({lacking}); the committee "
                 f"knows {list(self.atomic_numbers)}"
             )
-
-
-def load_backend(
-    source: Source | Sequence[Source],
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    compile: bool | None = None,
-) -> InferenceBackend:
-    """The backend that runs ``source``: :func:`equimol.engines.backends.load_backend` for one
-    source, a :class:`Committee` (``ddof=0``) for a list or tuple of several.
-
-    Args:
-        source: a ``.pt2`` package, a checkpoint of ``equimol fit``, a model object or a
-            backend; or a list of them (a committee; a list of one is that one source).
-        device: where to compute.
-        dtype: floating dtype (default: the models' own).
-        compile: as in :func:`equimol.engines.backends.load_backend`.
-    """
-    if isinstance(source, (list, tuple)):
-        if len(source) == 1:
-            return backends.load_backend(source[0], device=device, dtype=dtype, compile=compile)
-        return Committee(source, device=device, dtype=dtype, compile=compile)
-    return backends.load_backend(source, device=device, dtype=dtype, compile=compile)
-
-
-def _naming(error: TypeError | ValueError, name: str) -> TypeError | ValueError:
-    """``error`` of the same type with the member's name in front of its message (a plain
-    ValueError or TypeError where the type takes other arguments)."""
-    message = f"committee member {name}: {error}"
-    try:
-        return type(error)(message)
-    except Exception:  # an exception class with a signature of its own
-        return (ValueError if isinstance(error, ValueError) else TypeError)(message)
-
-
-def _member_name(source: Source, position: int) -> str:
-    """``runs/a/last.ckpt``, or ``2 (EquivariantPotential)`` for an object."""
-    if isinstance(source, (str, os.PathLike)):
-        return str(source)
-    path = getattr(source, "path", None)
-    if isinstance(path, (str, os.PathLike)):
-        return str(path)
-    return f"{position} ({type(source).__name__})"

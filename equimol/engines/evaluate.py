@@ -76,8 +76,8 @@ from equimol import _cli_errors as errors
 from equimol import _keys as K
 from equimol.data.graph import atoms_to_graph
 from equimol.data.io import frame_labels, iter_frames, parse_source
-from equimol.engines.backends import InferenceBackend
-from equimol.engines.committee import ENERGY_STD, FORCES_STD, STRESS_STD, Committee, load_backend
+from equimol.engines.backends import InferenceBackend, load_backend
+from equimol.engines.committee import ENERGY_STD, FORCES_STD, STRESS_STD, Committee
 
 __all__ = [
     "evaluate",
