@@ -163,7 +163,7 @@ def test_converged_budget_stops_on_patience_and_restores_the_best_weights(tiny_s
 
 def test_equal_time_budget_gives_every_model_the_same_seconds(tiny_split) -> None:
     train, _, entries = tiny_split
-    settings = TrainingSettings(batch_size=16, lr=0.005, budget="equal_time", seconds=1.5, seed=0)
+    settings = TrainingSettings(batch_size=16, lr=0.005, budget="equal_time", seconds=2.0, seed=0)
     trained = {entry.name: train_model(entry, train, settings, planar=True) for entry in entries}
     seconds = {name: run.seconds for name, run in trained.items()}
     assert all(run.stopped_by == "time" for run in trained.values()), seconds

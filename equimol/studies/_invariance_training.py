@@ -6,12 +6,12 @@ Gradient-trained models go through :class:`equimol.train.PotentialModule` and a 
 validation split, carved out of the training split, so the test sets never steer training.
 Models with a closed-form ``fit`` (``LinearModel``) are fitted directly.
 
-Every model starts at the mean of its training energies (:func:`centre_energies`).
+Every model starts at the mean of its training energies
+(:func:`equimol.train.centring.centre_energies`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import time
@@ -32,12 +32,12 @@ from equimol.studies._invariance_budgets import BestWeights, TimeBudget
 from equimol.studies._invariance_config import Augmentation, ModelEntry, TrainingSettings, build_model
 from equimol.studies._invariance_data import TransformedGraphs, augmentation_transform, stack_copies
 from equimol.train import PotentialModule
+from equimol.train.centring import centre_energies
 from equimol.train.losses import PotentialLoss
 
 __all__ = [
     "TrainedModel",
     "EpochLossRecorder",
-    "centre_energies",
     "PreparedModel",
     "prepare_model",
     "train_model",
@@ -101,51 +101,6 @@ class EpochLossRecorder(Callback):
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of trainable parameters (scalars)."""
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
-
-
-def _energies(model: torch.nn.Module, graphs: Sequence[Data], batch_size: int = 256) -> np.ndarray:
-    """Energies ``[M]`` eV of ``graphs`` (no forces), in float64."""
-    out = []
-    with torch.no_grad():
-        for batch in DataLoader(list(graphs), batch_size=batch_size, shuffle=False):
-            out.append(model(batch, compute_forces=False)[K.ENERGY].double().numpy())
-    return np.concatenate(out)
-
-
-def centre_energies(model: torch.nn.Module, graphs: Sequence[Data], statistics: DatasetStatistics) -> DatasetStatistics:
-    """Give ``model`` the statistics of ``graphs`` so that it starts at their mean energy.
-
-    ``set_statistics`` sets a model's per-species shifts from the reference energies, which
-    assumes that the untrained network adds nothing on average. A freshly initialised network
-    does add a constant of order ``scale`` per atom (for the equivariant network, whose scale
-    is the force RMS, many times the spread of the energies per atom), which a short training
-    run cannot remove. Here the untrained model's energies of ``graphs`` are compared with
-    the labels, the mean residual is fitted per species (least squares on the species counts,
-    as the references are) and added to the reference energies, and ``set_statistics`` is
-    called again with them: the model then starts at the mean of the training energies, as
-    the mean predictor does, whatever its architecture.
-
-    Args:
-        model: a potential with ``set_statistics`` (called twice).
-        graphs: the training graphs (with ``energy`` labels [1] eV).
-        statistics: :func:`~equimol.data.compute_statistics` of ``graphs``.
-
-    Returns:
-        The statistics given to the model the second time.
-    """
-    model.set_statistics(statistics)
-    if not statistics.reference_energies:
-        return statistics
-    species = sorted(statistics.reference_energies)
-    counts = np.array([[int((g[K.ATOMIC_NUMBERS] == z).sum()) for z in species] for g in graphs], dtype=np.float64)
-    residual = labels(graphs)[K.ENERGY] - _energies(model, graphs)
-    if not np.isfinite(residual).all():
-        raise ValueError("the untrained model predicts non-finite energies on the training structures")
-    offsets, *_ = np.linalg.lstsq(counts, residual, rcond=None)
-    references = {z: statistics.reference_energies[z] + float(offsets[k]) for k, z in enumerate(species)}
-    centred = dataclasses.replace(statistics, reference_energies=references)
-    model.set_statistics(centred)
-    return centred
 
 
 def _scheduler(settings: TrainingSettings, lr: float, epochs: int) -> Any:

@@ -25,6 +25,7 @@ from torch_geometric.data import Data
 
 from equimol import _keys as K
 from equimol.models.base import Potential
+from equimol.train import centring
 from equimol.train.finetune import (
     STATISTICS_MODES,
     FinetuneReport,
@@ -88,6 +89,12 @@ class PotentialModule(pl.LightningModule):
         lr_scheduler_monitor: the logged value a ``ReduceLROnPlateau`` scheduler watches.
         apply_statistics: hand the training-set statistics to ``model.set_statistics`` before
             the first step of a new run (they are recorded in the checkpoint either way).
+        centre_energies: with ``apply_statistics``, also correct the per-species reference
+            energies so that the untrained model predicts the mean of the training energies
+            (:func:`~equimol.train.centring.centre_energies`, on up to
+            ``centring_structures`` training structures): an untrained network adds a constant
+            of order the energy scale per atom, which a short run cannot remove.
+        centring_structures: how many training structures the correction is measured on.
         init_from: a checkpoint of ``equimol fit`` (``.ckpt``) to fine-tune: its weights
             initialise ``model`` when fitting starts, matched by name and, for per-species
             tensors, by atomic number (``model`` may list more elements; see
@@ -120,6 +127,8 @@ class PotentialModule(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = torch.optim.lr_scheduler.ReduceLROnPlateau,
         lr_scheduler_monitor: str = "val/loss",
         apply_statistics: bool = True,
+        centre_energies: bool = True,
+        centring_structures: int = 512,
         init_from: str | None = None,
         init_statistics: Literal["recompute", "keep"] = "recompute",
         freeze: list[str] | None = None,
@@ -140,6 +149,10 @@ class PotentialModule(pl.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_monitor = lr_scheduler_monitor
         self.apply_statistics = apply_statistics
+        self.centre_energies = centre_energies
+        if centring_structures < 1:
+            raise ValueError(f"centring_structures must be >= 1, got {centring_structures}")
+        self.centring_structures = int(centring_structures)
         if init_statistics not in STATISTICS_MODES:
             raise ValueError(
                 f"init_statistics must be one of {', '.join(STATISTICS_MODES)}, got {init_statistics!r}"
@@ -178,7 +191,11 @@ class PotentialModule(pl.LightningModule):
         if self.init_from is not None and self.init_report is None:
             self._initialise_from_trained(statistics)
         elif not self._statistics_applied and statistics is not None and self.apply_statistics:
-            self.model.set_statistics(statistics)
+            sample = _training_sample(getattr(datamodule, "train_set", None), self.centring_structures)
+            if self.centre_energies and sample:
+                centring.centre_energies(self.model, sample, statistics)
+            else:
+                self.model.set_statistics(statistics)
         if not self._statistics_applied and statistics is not None:
             self.statistics = statistics.to_dict()
             self._statistics_applied = True
@@ -374,3 +391,14 @@ def load_potential(
             ) from error
         raise
     return module.eval()
+
+
+def _training_sample(train_set: Any, size: int) -> list[Data]:
+    """The first ``size`` structures of ``train_set``, without its augmentation (energies do not
+    change under it, and drawing from its random generators here would shift the run's)."""
+    if train_set is None:
+        return []
+    source, indices = getattr(train_set, "dataset", None), getattr(train_set, "indices", None)
+    if source is not None and indices is not None:
+        return [source[k] for k in list(indices)[:size]]
+    return [train_set[k] for k in range(min(len(train_set), size))]
