@@ -126,12 +126,15 @@ def test_a_resumed_run_that_fails_on_bad_data_leaves_the_run_files(trained, run,
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
-def test_evaluation_subcommands_leave_the_training_runs_files(trained, run, subcommand):
+def test_evaluation_subcommands_leave_the_training_runs_files(trained, run, subcommand, tmp_path):
     before = _files(run)
     stamps = {name: (run / name).stat().st_mtime_ns for name in RUN_FILES}
-    # a config that differs from the training run's, as a later evaluation's would
-    code = equimol_main([subcommand, "--config", str(trained[0]), "--trainer.default_root_dir", str(run),
-                         "--ckpt_path", "last", "--data.init_args.batch_size", "3"])
+    if subcommand == "predict":  # predictions of the config's test split, written elsewhere
+        code = equimol_main(["predict", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--data", str(trained[0]),
+                             "--batch_size", "3", "--out", str(tmp_path / "predictions.extxyz")])
+    else:  # a config that differs from the training run's, as a later evaluation's would
+        code = equimol_main([subcommand, "--config", str(trained[0]), "--trainer.default_root_dir", str(run),
+                             "--ckpt_path", "last", "--data.init_args.batch_size", "3"])
     assert code == 0
     assert _files(run) == before
     assert {name: (run / name).stat().st_mtime_ns for name in RUN_FILES} == stamps

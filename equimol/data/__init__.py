@@ -2,7 +2,7 @@
 
 from equimol.data.dataset import AtomsDataset
 from equimol.data.graph import CloseAtomsError, IsolatedAtomError, atoms_to_graph, edge_vectors, radius_graph
-from equimol.data.io import MissingKeyError, read_frames
+from equimol.data.io import MissingKeyError, iter_frames, read_frames
 from equimol.data.ondisk import OnDiskAtomsDataset, OnDiskFormatError, is_ondisk, write_ondisk
 from equimol.data.split import split_indices
 from equimol.data.statistics import DatasetStatistics, compute_statistics
@@ -19,6 +19,7 @@ __all__ = [
     "write_ondisk",
     "is_ondisk",
     "read_frames",
+    "iter_frames",
     "MissingKeyError",
     "split_indices",
     "DatasetStatistics",

@@ -326,8 +326,9 @@ def atoms_to_graph(
 
     if min_distance > 0:
         near = (edge_index, shifts, lengths)
-        if cutoff < min_distance:  # the graph does not reach as far as the check: a list of its own
-            near = _radius_graph(positions, cell, pbc, min_distance, None, source)
+        if cutoff < min_distance:  # the graph does not reach as far as the check: a list of its own,
+            # searched at 1 Å at least (a 0.1 Å search cuts a molecule's box into ~10^5 bins)
+            near = _radius_graph(positions, cell, pbc, max(min_distance, _MIN_DISTANCE_SEARCH), None, source)
         _check_min_distance(*near, min_distance, source)
 
     if on_isolated == "error" and len(atoms) > 1:
@@ -352,6 +353,10 @@ def atoms_to_graph(
     for name, value in (labels or {}).items():
         setattr(data, name, _label_tensor(name, value, len(atoms), dtype, source))
     return data
+
+
+#: Radius, Å, of the neighbour search of the close-atoms check when the graph's cutoff is shorter.
+_MIN_DISTANCE_SEARCH = 1.0
 
 
 def _check_min_distance(
@@ -403,7 +408,7 @@ def _label_tensor(name: str, value, n_atoms: int, dtype: torch.dtype, source: st
         raise ValueError(f"{source}: unknown label {name!r}; expected one of {K.LABEL_KEYS}")
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{source}: label {name!r} contains NaN or inf")
-    return torch.tensor(array, dtype=dtype)
+    return torch.tensor(np.ascontiguousarray(array), dtype=dtype)
 
 
 # -- checks and the neighbour search's geometry ----------------------------------------
