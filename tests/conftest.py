@@ -8,6 +8,7 @@ here. They are session-scoped, so module-scoped fixtures can use them too.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,17 @@ import torch
 import yaml
 from ase.build import bulk
 from ase.calculators.emt import EMT
+
+
+def _share_the_cores_between_workers() -> None:
+    """Under ``pytest -n N`` (pyproject's default) each worker process gets its share of the
+    cores for torch's own threads, so that N workers do not oversubscribe the machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+_share_the_cores_between_workers()
 
 SPECIES = ("H", "C", "O")
 

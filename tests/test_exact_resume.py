@@ -69,6 +69,13 @@ def _wandb_ids(root: Path) -> list[str]:
     return sorted(path.name.rsplit("-", 1)[1] for path in (root / "wandb").glob("offline-run-*"))
 
 
+def _own_wandb_environment() -> dict[str, str]:
+    """This process's environment without its W&B service: a child that inherits it joins this
+    process's service, and once killed leaves its run there "in use", which the resumed run
+    (here, in this process) would then be refused."""
+    return {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "WANDB_SILENT": "true"}
+
+
 def test_killed_and_resumed_run_gives_the_losses_of_an_uninterrupted_run(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(CONFIG)
@@ -79,7 +86,7 @@ def test_killed_and_resumed_run_gives_the_losses_of_an_uninterrupted_run(tmp_pat
     process = subprocess.Popen(
         [sys.executable, "-m", "equimol.cli", "fit", "--config", str(config),
          "--trainer.default_root_dir", str(parts)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "WANDB_SILENT": "true"},
+        stdout=log, stderr=subprocess.STDOUT, env=_own_wandb_environment(),
     )
     stop = threading.Event()
     killer = threading.Thread(target=_kill_after_epoch, args=(process, parts, KILL_AFTER_EPOCH, stop), daemon=True)

@@ -169,9 +169,7 @@ def test_equal_time_budget_gives_every_model_the_same_seconds(tiny_split) -> Non
     assert all(run.stopped_by == "time" for run in trained.values()), seconds
     assert max(seconds.values()) < 1.1 * min(seconds.values()), seconds
     assert all(settings.seconds <= s < 1.1 * settings.seconds for s in seconds.values()), seconds
-    # the same time buys different numbers of epochs: the equivariant network is the slowest
-    epochs = {name: run.epochs for name, run in trained.items()}
-    assert epochs["Equivariant l=1"] < epochs["MLP(positions)"], epochs
+    assert all(run.epochs >= 1 for run in trained.values()), {name: run.epochs for name, run in trained.items()}
 
 
 @pytest.mark.parametrize(
