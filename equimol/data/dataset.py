@@ -36,11 +36,28 @@ from equimol.data.io import (
     read_frames,
 )
 
-__all__ = ["AtomsDataset"]
+__all__ = ["AtomsDataset", "check_graph_options"]
 
 # Bump when the graphs or the cache layout change, so old cache files are not reused.
 _CACHE_FORMAT = 1
 _RESERVED = {K.POS, K.ATOMIC_NUMBERS, K.CELL, K.PBC, K.EDGE_INDEX, K.EDGE_SHIFT, K.BATCH, "ptr"}
+
+
+
+def check_graph_options(cutoff: float, on_isolated: str, min_distance: float, dtype: torch.dtype) -> None:
+    """ValueError naming the option unless the graph options of a data set are sound: a
+    positive finite ``cutoff`` (Å), ``on_isolated`` ``error`` or ``ignore``, a finite
+    ``min_distance`` >= 0 (Å) and a floating ``dtype``."""
+    if isinstance(cutoff, bool) or not (isinstance(cutoff, numbers.Real) and 0 < cutoff < np.inf):
+        raise ValueError(f"cutoff must be a positive number of Å, got {cutoff!r}")
+    if on_isolated not in ("error", "ignore"):
+        raise ValueError(f"on_isolated must be 'error' or 'ignore', got {on_isolated!r}")
+    if isinstance(min_distance, bool) or not (
+        isinstance(min_distance, numbers.Real) and 0 <= min_distance < np.inf
+    ):
+        raise ValueError(f"min_distance must be a number of Å >= 0 (0: no check), got {min_distance!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
 
 
 class AtomsDataset(Dataset):
@@ -110,16 +127,7 @@ class AtomsDataset(Dataset):
         min_distance: float = DEFAULT_MIN_DISTANCE,
     ) -> None:
         super().__init__()
-        if isinstance(cutoff, bool) or not (isinstance(cutoff, numbers.Real) and 0 < cutoff < np.inf):
-            raise ValueError(f"cutoff must be a positive number of Å, got {cutoff!r}")
-        if on_isolated not in ("error", "ignore"):
-            raise ValueError(f"on_isolated must be 'error' or 'ignore', got {on_isolated!r}")
-        if isinstance(min_distance, bool) or not (
-            isinstance(min_distance, numbers.Real) and 0 <= min_distance < np.inf
-        ):
-            raise ValueError(f"min_distance must be a number of Å >= 0 (0: no check), got {min_distance!r}")
-        if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+        check_graph_options(cutoff, on_isolated, min_distance, dtype)
         self._keys = {K.ENERGY: energy_key, K.FORCES: forces_key, K.STRESS: stress_key}
         require = (require,) if isinstance(require, str) else tuple(require)
         for name in require:

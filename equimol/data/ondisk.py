@@ -60,6 +60,7 @@ from torch_geometric.data import Data
 from torch_geometric.loader.dataloader import Collater
 
 from equimol import _keys as K
+from equimol.data.dataset import check_graph_options
 from equimol.data.graph import DEFAULT_MIN_DISTANCE, atoms_to_graph
 from equimol.data.io import MissingKeyError, frame_info_values, frame_labels, parse_source
 
@@ -617,16 +618,7 @@ class OnDiskAtomsDataset(Dataset):
         verify: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(cutoff, bool) or not (isinstance(cutoff, numbers.Real) and 0 < cutoff < np.inf):
-            raise ValueError(f"cutoff must be a positive number of Å, got {cutoff!r}")
-        if on_isolated not in ("error", "ignore"):
-            raise ValueError(f"on_isolated must be 'error' or 'ignore', got {on_isolated!r}")
-        if isinstance(min_distance, bool) or not (
-            isinstance(min_distance, numbers.Real) and 0 <= min_distance < np.inf
-        ):
-            raise ValueError(f"min_distance must be a number of Å >= 0 (0: no check), got {min_distance!r}")
-        if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+        check_graph_options(cutoff, on_isolated, min_distance, dtype)
         self.path, suffix = parse_source(path)
         if suffix is not None:
             if index != ":":

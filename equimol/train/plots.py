@@ -25,6 +25,25 @@ _TITLES = {"energy_per_atom": "energy per atom", "energy": "energy", "forces": "
            "stress": "stress components"}
 
 
+def _panel_row(data: Mapping[str, np.ndarray], height: float) -> tuple[Figure, list, list[str]]:
+    """A figure with one panel per quantity of ``data`` that has values: the figure, the axes
+    (one per such quantity, or one for the "no labelled data" message) and their names."""
+    names = [name for name in data if len(data[name])]
+    fig = new_figure(figsize=(4.2 * max(len(names), 1), height))
+    axes = list(fig.subplots(1, max(len(names), 1), squeeze=False)[0])
+    return fig, axes, names
+
+
+def _finish_panel_row(fig: Figure, axes: list, names: list[str], title: str) -> Figure:
+    """The message of an empty figure, the title and the layout of a :func:`_panel_row`."""
+    if not names:
+        axes[0].text(0.5, 0.5, "no labelled data", ha="center", va="center")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def parity_figure(
     pairs: Mapping[str, np.ndarray], title: str = "", errors: Mapping[str, tuple[float, float]] | None = None
 ) -> Figure:
@@ -37,10 +56,8 @@ def parity_figure(
         errors: quantity name -> ``(MAE, RMSE)`` to show in its panel's title, for pairs that
             are a sample of the data (default: those of ``pairs``).
     """
-    names = [name for name in pairs if len(pairs[name])]
-    fig = new_figure(figsize=(4.2 * max(len(names), 1), 4.0))
-    axes = fig.subplots(1, max(len(names), 1), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    fig, axes, names = _panel_row(pairs, 4.0)
+    for ax, name in zip(axes, names):
         values = np.asarray(pairs[name], dtype=np.float64)
         predicted, true = values[:, 0], values[:, 1]
         low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
@@ -54,12 +71,7 @@ def parity_figure(
         ax.set_xlabel(f"true ({unit})")
         ax.set_ylabel(f"predicted ({unit})")
         ax.set_aspect("equal", adjustable="datalim")
-    if not names:
-        axes[0, 0].text(0.5, 0.5, "no labelled data", ha="center", va="center")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish_panel_row(fig, axes, names, title)
 
 
 def error_histogram_figure(errors: Mapping[str, np.ndarray], title: str = "", bins: int = 60) -> Figure:
@@ -72,10 +84,8 @@ def error_histogram_figure(errors: Mapping[str, np.ndarray], title: str = "", bi
         title: figure title.
         bins: bins per histogram.
     """
-    names = [name for name in errors if len(errors[name])]
-    fig = new_figure(figsize=(4.2 * max(len(names), 1), 3.6))
-    axes = fig.subplots(1, max(len(names), 1), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    fig, axes, names = _panel_row(errors, 3.6)
+    for ax, name in zip(axes, names):
         values = np.asarray(errors[name], dtype=np.float64).reshape(-1)
         unit = _UNITS.get(name, "")
         ax.hist(values, bins=bins, color="C0", alpha=0.8)
@@ -84,12 +94,7 @@ def error_histogram_figure(errors: Mapping[str, np.ndarray], title: str = "", bi
         ax.set_title(f"{_TITLES.get(name, name)}\nmean {values.mean():.3g}, std {values.std():.3g} {unit}")
         ax.set_xlabel(f"predicted - true ({unit})")
         ax.set_ylabel("count")
-    if not names:
-        axes[0, 0].text(0.5, 0.5, "no labelled data", ha="center", va="center")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish_panel_row(fig, axes, names, title)
 
 
 def uncertainty_figure(
@@ -105,10 +110,8 @@ def uncertainty_figure(
         correlations: quantity name -> Spearman rank correlation, shown in the panel's title.
         title: figure title.
     """
-    names = [name for name in pairs if len(pairs[name])]
-    fig = new_figure(figsize=(4.2 * max(len(names), 1), 4.0))
-    axes = fig.subplots(1, max(len(names), 1), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    fig, axes, names = _panel_row(pairs, 4.0)
+    for ax, name in zip(axes, names):
         values = np.asarray(pairs[name], dtype=np.float64)
         values = values[(values > 0).all(axis=1)]  # a zero has no place on a log axis
         unit = _UNITS.get(name, "")
@@ -123,12 +126,7 @@ def uncertainty_figure(
         ax.set_title(f"{label}\nSpearman {'n/a' if rho is None else format(rho, '.3f')}")
         ax.set_xlabel(f"committee std ({unit})")
         ax.set_ylabel(f"error ({unit})")
-    if not names:
-        axes[0, 0].text(0.5, 0.5, "no labelled data", ha="center", va="center")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish_panel_row(fig, axes, names, title)
 
 
 def loss_curve_figure(history: Mapping[str, Sequence[tuple[int, float]]]) -> Figure:
