@@ -103,6 +103,7 @@ class FusedTensorProduct(nn.Module):
     num_k: int
     num_out_components: int
     cm_paths: List[Tuple[int, int, int, int, int, int, int, int]]
+    generic_groups: List[Tuple[int, int, int, int]]
     cg: torch.Tensor
 
     def __init__(
@@ -195,10 +196,14 @@ class FusedTensorProduct(nn.Module):
         """Tables of the channel-major evaluation, used when every ``x`` entry has one multiplicity.
 
         The features of an atom or edge are held as ``[D1, mul]`` (all components of all
-        entries, then the channels), and each path is evaluated in that layout with its
-        closed form (products and sums of ``[E, mul]`` slices) or, for a generic
-        Clebsch-Gordan tensor, an einsum. ``k`` runs over the output components of every
-        path, path after path, ordered by output entry.
+        entries, then the channels). Paths with a closed form are products and sums of
+        ``[E, mul]`` slices. The generic paths (a Clebsch-Gordan tensor without a closed
+        form, from l = 2 on) are batched by the ``x`` entry they read: for each such entry
+        one matrix product contracts ``y`` with the Clebsch-Gordan tensors of all its paths
+        (path weights folded in) and one batched product applies the result to the entry's
+        ``[d1, mul]`` features, instead of one einsum per path. ``k`` runs over the output
+        components of the closed-form paths (ordered by output entry), then over those of
+        each group of generic paths; ``component_of_k`` maps it to the output component.
         """
         muls = {mul for mul, _ in self.irreps_in1}
         self.channel_major = len(muls) == 1 and len(self.paths) > 0
@@ -208,24 +213,56 @@ class FusedTensorProduct(nn.Module):
             d1_offsets.append(d1_offsets[-1] + ir.dim)
         d2_offsets = [s.start for s in self.irreps_in2.slices()]
         order = sorted(range(len(tp.instructions)), key=lambda p: (tp.instructions[p].i_out, p))
-        num_k = sum(self.irreps_out[tp.instructions[p].i_out].ir.dim for p in order)
         out_offsets = [0]
         for _, ir in self.irreps_out:
             out_offsets.append(out_offsets[-1] + ir.dim)
         component_of_k: List[int] = []
         cm_paths: List[Tuple[int, int, int, int, int, int, int, int]] = []
+        generic: dict = {}  # x entry -> the generic paths reading it, in order
         for p in order:
             ins = tp.instructions[p]
             kind, _, _, d1, _, d2, d_out, _, i_out, cg_start = self.paths[p]
             i0, j0 = d1_offsets[ins.i_in1], d2_offsets[ins.i_in2]
+            if kind == _GENERIC:
+                generic.setdefault(ins.i_in1, []).append(p)
+                continue
             cm_paths.append((kind, p, i0, d1, j0, d2, d_out, cg_start))
             component_of_k += list(range(out_offsets[i_out], out_offsets[i_out] + d_out))
+        # groups of generic paths: (start in D1, d1, number of k, start in the coefficient
+        # buffer); per group a [D2, d1 * K_g] matrix of coefficients and the path of each k
+        groups: List[Tuple[int, int, int, int]] = []
+        blocks: List[torch.Tensor] = []
+        path_of_k: List[int] = []
+        offset = 0
+        for i_in1, group_paths in generic.items():
+            d1 = self.irreps_in1[i_in1].ir.dim
+            num_k = sum(self.paths[p][6] for p in group_paths)
+            block = torch.zeros(self.irreps_in2.dim, d1, num_k, dtype=torch.float64)
+            k = 0
+            for p in group_paths:
+                ins = tp.instructions[p]
+                _, _, _, _, _, d2, d_out, _, i_out, _ = self.paths[p]
+                _, _, cg = _closed_form(self.irreps_in1[ins.i_in1].ir.l, self.irreps_in2[ins.i_in2].ir.l, self.irreps_out[i_out].ir.l)
+                j0 = d2_offsets[ins.i_in2]
+                block[j0 : j0 + d2, :, k : k + d_out] = self.coefficients[p] * cg.permute(1, 0, 2)
+                path_of_k += [p] * d_out
+                component_of_k += list(range(out_offsets[i_out], out_offsets[i_out] + d_out))
+                k += d_out
+            groups.append((d1_offsets[i_in1], d1, num_k, offset))
+            blocks.append(block.flatten())
+            offset += block.numel()
         self.cm_paths = cm_paths
-        self.num_k = num_k
+        self.generic_groups = groups
+        self.num_k = len(component_of_k)
         self.num_out_components = out_offsets[-1]
         # the path sums need an index_add unless every output component has exactly one path
         self.sum_paths = component_of_k != list(range(out_offsets[-1]))
         self.register_buffer("component_of_k", torch.tensor(component_of_k, dtype=torch.long), persistent=False)
+        self.register_buffer("generic_path_of_k", torch.tensor(path_of_k, dtype=torch.long), persistent=False)
+        # buffers, not attributes: they follow .to() and tracing sees them as inputs, so
+        # compiled graphs and packages of these paths can be built
+        coefficients = torch.cat(blocks) if blocks else torch.zeros(0, dtype=torch.float64)
+        self.register_buffer("generic_coefficients", coefficients, persistent=False)
 
     def to_channel_major(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, irreps_in1.dim]`` (e3nn layout) -> ``[B, D1, mul]`` (components, then channels)."""
@@ -253,10 +290,12 @@ class FusedTensorProduct(nn.Module):
     def _messages(self, x_cm: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Channel-major per-path products: ``x_cm [E, D1, mul]`` -> ``[E, K, mul]``.
 
-        Every path is a few elementwise products of ``[E, mul]`` components (its closed form):
+        A path with a closed form is a few elementwise products of ``[E, mul]`` components:
         on a CPU much faster than a batched product of tiny matrices. The inputs are split
         into components once (``unbind``) and the outputs stacked once, so that the backward
-        pass does not build a zero-filled full-size gradient for every slice.
+        pass does not build a zero-filled full-size gradient for every slice. The generic
+        paths take one matrix product and one batched product per group (see
+        :meth:`_setup_channel_major`).
         """
         num = x_cm.shape[0]
         xs = x_cm.unbind(1)  # D1 x [E, mul]
@@ -284,12 +323,18 @@ class FusedTensorProduct(nn.Module):
                 components.append(wp * (a1 * b2 - a2 * b1))
                 components.append(wp * (a2 * b0 - a0 * b2))
                 components.append(wp * (a0 * b1 - a1 * b0))
-            else:
-                cg = self.cg.narrow(0, cg_start, d1 * d2 * d_out).reshape(d1, d2, d_out).to(device=y.device, dtype=y.dtype)
-                x1 = torch.stack(xs[i0 : i0 + d1], dim=1)
-                part = torch.einsum("eiu,ej,ijk->eku", x1, y.narrow(1, j0, d2), cg) * wp.unsqueeze(1)
-                components.extend(part.unbind(1))
-        return torch.stack(components, dim=1)
+        blocks: List[torch.Tensor] = [torch.stack(components, dim=1)] if len(components) > 0 else []
+        if len(self.generic_groups) > 0:
+            coefficients = self.generic_coefficients.to(dtype=y.dtype)
+            w_k = weight.reshape(num, len(self.paths), self.mul).index_select(1, self.generic_path_of_k)
+            k = 0
+            for i0, d1, num_k, start in self.generic_groups:
+                c = coefficients.narrow(0, start, y.shape[1] * d1 * num_k).reshape(y.shape[1], d1 * num_k)
+                a = torch.mm(y, c).reshape(num, d1, num_k)  # [E, d1, K_g]: y contracted with C
+                part = torch.bmm(a.transpose(1, 2), x_cm.narrow(1, i0, d1))  # [E, K_g, mul]
+                blocks.append(part * w_k.narrow(1, k, num_k))
+                k += num_k
+        return torch.cat(blocks, dim=1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The tensor product of ``x [E, irreps_in1.dim]`` and ``y [E, irreps_in2.dim]``
