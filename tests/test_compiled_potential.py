@@ -88,16 +88,6 @@ def test_traced_graph_matches_eager_values_and_parameter_gradients(random_cell, 
     assert len(traced.traced._graphs) == 1
 
 
-def test_traced_inference_graph_with_the_generic_paths_of_l_2(random_cell):
-    """From l = 2 on, middle layers use the generic (Clebsch-Gordan einsum) paths, whose
-    coefficients must reach the trace as a buffer: compiled models and packages of l_max 2
-    and 3 with three layers are built from this graph (tracing takes tens of seconds, so one
-    configuration here)."""
-    rng = np.random.default_rng(2)
-    eager, traced = eager_and_traced(compile=False, num_layers=3, channels=2, l_max=2, parity=False)
-    assert_same_frozen_inference(eager, traced, batch_of([random_cell(rng, 5)]))
-
-
 def test_traced_graph_of_a_frozen_model_is_the_inference_graph(random_cell):
     """Frozen parameters (the calculator's copy) use a graph without parameter gradients."""
     rng = np.random.default_rng(1)

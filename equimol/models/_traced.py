@@ -15,6 +15,8 @@ edge ``r_e = pos[j] - pos[i] + shift @ cell`` with ``g_e = dE/dr_e``,
 from __future__ import annotations
 
 import copy
+import logging
+import time
 from typing import Callable
 
 import torch
@@ -25,7 +27,10 @@ from torch_geometric.utils import scatter
 from equimol import _keys as K
 from equimol.models.base import num_structures, stress_from_virial, structure_index
 
+_log = logging.getLogger(__name__)
+
 __all__ = [
+    "CompileTime",
     "TracedEdgeGradients",
     "outputs_from_edge_gradients",
     "forces_from_edge_gradients",
@@ -92,6 +97,27 @@ def outputs_from_edge_gradients(
     return out
 
 
+class CompileTime:
+    """Seconds spent making one graph: tracing it, then compiling it and running it once.
+
+    ``torch.compile`` compiles on the first call, so ``first_call`` is compilation (or, with
+    a warm on-disk cache, loading the compiled code) plus one evaluation.
+    """
+
+    def __init__(self, what: str, trace: float, first_call: float = float("nan")) -> None:
+        self.what = what
+        self.trace = trace
+        self.first_call = first_call
+
+    @property
+    def total(self) -> float:
+        return self.trace + self.first_call
+
+    def __repr__(self) -> str:
+        return (f"{self.what} graph ready in {self.total:.1f} s (trace {self.trace:.1f} s, "
+                f"compile and first call {self.first_call:.1f} s)")
+
+
 class TracedEdgeGradients:
     """``network(types, edge_vec, edge_index) -> per-atom energies [N]``, with the forces and
     ``dE/d edge_vec`` (for the stress), traced and compiled on first use.
@@ -105,6 +131,9 @@ class TracedEdgeGradients:
     The trace fixes the network's structure: after replacing modules inside it (for example
     ``TensorProductConv.set_tensor_product``), build a new one (``model.set_compile(True)``).
 
+    The time each graph took to make is kept in :attr:`compile_times` (one
+    :class:`CompileTime` per graph, in the order they were made) and logged at INFO level.
+
     Args:
         network: the module mapping ``types [N]``, ``edge_vec [E, 3]`` Å, ``edge_index [2, E]``
             to per-atom energies ``[N]`` eV.
@@ -117,6 +146,7 @@ class TracedEdgeGradients:
         self.compile = bool(compile)
         self._graphs: dict[tuple, Callable] = {}
         self._warm: set[tuple] = set()
+        self.compile_times: list[CompileTime] = []
         # where each parameter and buffer lives, found once: reading them through these slots
         # costs far less per call than walking the module tree (named_parameters)
         self._parameter_slots = _slots(network, "_parameters")
@@ -128,7 +158,7 @@ class TracedEdgeGradients:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.update(_graphs={}, _warm=set())
+        state.update(_graphs={}, _warm=set(), compile_times=[])
         return state
 
     def __call__(
@@ -147,12 +177,21 @@ class TracedEdgeGradients:
         differentiable = any(p.requires_grad for p in params.values())
         key = (edge_vec.device, edge_vec.dtype, differentiable)
         graph = self._graphs.get(key)
+        timing = None
         if graph is None:
+            start = time.perf_counter()
             graph = self._trace(params, buffers, types, edge_vec.detach(), edge_index, differentiable)
             self._graphs[key] = graph
+            what = f"{'training' if differentiable else 'inference'} ({edge_vec.device.type}, {edge_vec.dtype})"
+            timing = CompileTime(what, time.perf_counter() - start)
         grad_enabled = torch.is_grad_enabled()
+        start = time.perf_counter()
         with torch.set_grad_enabled(differentiable):
             outputs = self._run(key, graph, (params, buffers, types, edge_vec.detach(), edge_index))
+        if timing is not None:
+            timing.first_call = time.perf_counter() - start
+            self.compile_times.append(timing)
+            _log.info("%s", timing)
         if differentiable and not grad_enabled:
             outputs = tuple(output.detach() for output in outputs)
         return outputs
@@ -205,13 +244,44 @@ def trace_edge_gradients(
         forces = forces_from_edge_gradients(edge_grad, edge_index, types.shape[0])
         return per_atom, forces, edge_grad
 
-    with torch.set_grad_enabled(differentiable):
-        graph = make_fx(energies_and_edge_gradients, tracing_mode="symbolic")(
-            params, buffers, types, edge_vec.detach(), edge_index
-        )
+    fake_mode, inputs = _symbolic_inputs(params, buffers, types, edge_vec.detach(), edge_index)
+    with fake_mode, torch.set_grad_enabled(differentiable):
+        graph = make_fx(energies_and_edge_gradients)(*inputs)
     if differentiable:
         _reattach_saved_outputs(graph)
     return graph
+
+
+def _symbolic_inputs(params: dict, buffers: dict, types, edge_vec, edge_index) -> tuple:
+    """Fake copies of the inputs to trace with: the number of atoms and of edges symbolic,
+    every shape of the weights fixed.
+
+    Tracing with ``tracing_mode="symbolic"`` would make every size symbolic, the weights'
+    included, and give equal sizes one symbol: an example with as many atoms as some weight
+    has rows (5 atoms, and the 5 components of an l = 2 feature) then ties the two, and
+    the graph only runs for that number of atoms. Fixed weight shapes also mean less
+    symbolic arithmetic, so tracing is faster.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+
+    def fixed(tensor: torch.Tensor) -> torch.Tensor:
+        return mode.from_tensor(tensor, static_shapes=True)
+
+    def symbolic(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        sizes = [DimDynamic.DYNAMIC if d == dim else DimDynamic.STATIC for d in range(tensor.dim())]
+        return mode.from_tensor(tensor, symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes))
+
+    inputs = (
+        {name: fixed(p) for name, p in params.items()},
+        {name: fixed(b) for name, b in buffers.items()},
+        symbolic(types, 0),
+        symbolic(edge_vec, 0),
+        symbolic(edge_index, 1),
+    )
+    return mode, inputs
 
 
 def _slots(network: nn.Module, kind: str) -> list[tuple[str, nn.Module, str]]:

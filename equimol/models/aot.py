@@ -31,7 +31,7 @@ from torch import nn
 from equimol.models._traced import trace_edge_gradients
 from equimol.models.equivariant import EquivariantPotential
 
-__all__ = ["export_aot", "AOT_FORMAT"]
+__all__ = ["export_aot", "export_program", "AOT_FORMAT"]
 
 AOT_FORMAT = "equimol-aot-1"
 """Written into every package's metadata; the engines refuse other files."""
@@ -72,6 +72,34 @@ def _example_graph(num_species: int, dtype: torch.dtype, device: torch.device):
     return types.to(device), edge_vec.to(device=device, dtype=dtype), edge_index.to(device)
 
 
+def export_program(model: EquivariantPotential) -> torch.export.ExportedProgram:
+    """The inference graph of ``model`` as a ``torch.export`` program: the step before compiling.
+
+    Inputs ``types [N]``, ``edge_vec [E, 3]`` Å, ``edge_index [2, E]`` (any N >= 1, E >= 0);
+    outputs per-atom energies ``[N]`` eV, forces ``[N, 3]`` eV/Å and ``dE/d edge_vec [E, 3]``
+    eV/Å. The weights are constants of the program (the model is copied; its own parameters
+    and mode are left as they are). ``program.module()`` runs it without compiling, which is
+    how the tests check every architecture's graph against the eager model.
+    """
+    if not isinstance(model, EquivariantPotential):
+        raise TypeError(f"export_aot needs an EquivariantPotential, got {type(model).__name__}")
+    network = copy.deepcopy(model.network).eval()
+    parameter = next(network.parameters())
+    dtype, device = parameter.dtype, parameter.device
+    params = {name: p.detach() for name, p in network.named_parameters()}
+    buffers = {name: b.detach() for name, b in network.named_buffers()}
+    types, edge_vec, edge_index = _example_graph(len(model.atomic_numbers), dtype, device)
+    graph = trace_edge_gradients(network, params, buffers, types, edge_vec, edge_index, differentiable=False)
+    atoms = torch.export.Dim("atoms", min=1, max=_MAX_EDGES)
+    edges = torch.export.Dim("edges", min=0, max=_MAX_EDGES)
+    with torch.no_grad():
+        return torch.export.export(
+            _InferenceGraph(graph, params, buffers),
+            (types, edge_vec, edge_index),
+            dynamic_shapes=({0: atoms}, {0: edges}, {1: edges}),
+        )
+
+
 def export_aot(model: EquivariantPotential, path: str | os.PathLike, autotune: bool = True) -> Path:
     """Compile ``model`` (an :class:`~equimol.models.equivariant.EquivariantPotential`) ahead
     of time into the package ``path`` (``.pt2``) and return its path.
@@ -87,27 +115,14 @@ def export_aot(model: EquivariantPotential, path: str | os.PathLike, autotune: b
     path = Path(path)
     if path.suffix != ".pt2":
         raise ValueError(f"{path}: an AOTInductor package must be named *.pt2")
-    network = copy.deepcopy(model.network).eval()
-    parameter = next(network.parameters())
-    dtype, device = parameter.dtype, parameter.device
-    params = {name: p.detach() for name, p in network.named_parameters()}
-    buffers = {name: b.detach() for name, b in network.named_buffers()}
-    types, edge_vec, edge_index = _example_graph(len(model.atomic_numbers), dtype, device)
-    graph = trace_edge_gradients(network, params, buffers, types, edge_vec, edge_index, differentiable=False)
-    atoms = torch.export.Dim("atoms", min=1, max=_MAX_EDGES)
-    edges = torch.export.Dim("edges", min=0, max=_MAX_EDGES)
-    with torch.no_grad():
-        program = torch.export.export(
-            _InferenceGraph(graph, params, buffers),
-            (types, edge_vec, edge_index),
-            dynamic_shapes=({0: atoms}, {0: edges}, {1: edges}),
-        )
+    parameter = next(model.network.parameters())
+    program = export_program(model)
     metadata = {
         "equimol.format": AOT_FORMAT,
         "equimol.cutoff": repr(float(model.cutoff)),
         "equimol.atomic_numbers": ",".join(str(z) for z in model.atomic_numbers),
-        "equimol.dtype": str(dtype).removeprefix("torch."),
-        "equimol.device": device.type,
+        "equimol.dtype": str(parameter.dtype).removeprefix("torch."),
+        "equimol.device": parameter.device.type,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     # freezing folds what depends on the weights alone (weight normalisations, reshapes) into

@@ -166,6 +166,7 @@ class PotentialModule(pl.LightningModule):
         self.metrics = nn.ModuleDict({f"{stage}_metrics": PotentialMetrics() for stage in STAGES})
         self.statistics: dict[str, Any] | None = None
         self._statistics_applied = False
+        self._compile_times_reported = 0
 
     def __deepcopy__(self, memo: dict) -> PotentialModule:
         # The optimizer and scheduler factories built by the CLI reach the whole parsed run
@@ -280,6 +281,18 @@ class PotentialModule(pl.LightningModule):
     def training_step(self, batch: Data, batch_idx: int) -> torch.Tensor:
         loss, _ = self._step(batch, "train")
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Data, batch_idx: int) -> None:
+        self._report_compile_times()
+
+    def _report_compile_times(self) -> None:
+        """Log the seconds a compiled model (``compile: true``) spent making a new graph as the
+        metric ``compile_seconds`` (the console line comes from the model's own logger)."""
+        traced = getattr(self.model, "traced", None)
+        times = getattr(traced, "compile_times", [])
+        for timing in times[self._compile_times_reported :]:
+            self.log("compile_seconds", timing.total, on_step=True, on_epoch=False, rank_zero_only=True)
+        self._compile_times_reported = len(times)
 
     def validation_step(self, batch: Data, batch_idx: int) -> dict[str, torch.Tensor]:
         _, prediction = self._step(batch, "val")
