@@ -94,6 +94,10 @@ def test_traced_graph_of_a_frozen_model_is_the_inference_graph(random_cell):
     eager, traced = eager_and_traced(compile=False)
     assert_same_frozen_inference(eager, traced, batch_of([random_cell(rng)]))
     assert [differentiable for _, _, differentiable in traced.traced._graphs] == [False]
+    # the time the graph took to make is kept (and logged): tracing, then the first call
+    (timing,) = traced.traced.compile_times
+    assert timing.what.startswith("inference") and timing.trace > 0 and timing.first_call > 0
+    assert timing.total == timing.trace + timing.first_call
 
 
 def test_compiled_model_copies_and_pickles_without_its_graphs():
