@@ -11,6 +11,7 @@ the same steps:
     eager, ``torch.compile``-d and as an ahead-of-time compiled ``.pt2`` package, as medians
     of CPU time and of wall time, with the load average; and the matrix-product work of one energy+forces call and of one training step
     (``torch.utils.flop_counter``) against a 100 GFLOP/s single-core floor. Needs no data.
+    ``--size`` takes one of the network sizes of ``SIZES`` instead of the matched one.
 ``train``
     ``equimol fit`` with ``configs/peers/{cu,etoh}.yaml`` (the harness's matched settings)
     on ``$PEERBENCH/data/{system}_train.xyz`` for a wall-clock budget.
@@ -20,20 +21,29 @@ the same steps:
 ``sitting``
     The harness's ``infer.sh`` for NequIP (and MACE if asked) and for equimol, in turn,
     several times: accuracy on ``{system}_val.xyz`` and inference speed of the same sitting.
+``sizes``
+    At the network sizes people train (``SIZES``: l <= 1, 2 layers, 32 channels, the matched
+    size; l <= 2 and l <= 3, 3 layers, 32 channels; l <= 2, 4 layers, 64 channels): equimol's
+    ``.pt2`` package (compile time recorded) and eager model of a freshly initialised network,
+    and NequIP's AOTInductor-compiled model of the same size
+    (``$PEERBENCH/sizes/<size>.nequip.pt2``), each timed by the harness's ``bench_infer.py`` in
+    turn; a Markdown table, also written to ``$PEERBENCH/results/sizes.md``.
 ``table``
     The ratio table: equimol's results against the peers' results of the same sitting
     when ``$PEERBENCH/results`` holds them, otherwise against the harness's published table;
     training throughput from the per-epoch times of both runs.
 
-    python benchmarks/peers.py speed [--system cu|etoh] [--repeats 20] [--no-compile]
+    python benchmarks/peers.py speed [--system cu|etoh] [--repeats 20] [--no-compile] [--size l1|l2|l3|l2w64]
     python benchmarks/peers.py train --system cu --budget 600
     python benchmarks/peers.py infer --system cu --model runs/peers_cu/checkpoints/best.ckpt
     python benchmarks/peers.py sitting --system cu --model runs/peers_cu/checkpoints/best-epoch=038.ckpt
     equimol compile runs/peers_etoh/checkpoints/best-epoch=NNN.ckpt runs/peers_etoh/model.pt2
     python benchmarks/peers.py sitting --system etoh --model runs/peers_etoh/model.pt2
     python benchmarks/peers.py table --system cu
+    python benchmarks/peers.py sizes --sizes l1 l2 l3 l2w64 --reps 3 [--autotune] [--harness DIR]
 
-``calculator(model_path)`` is the factory ``bench_infer.py --peer py:peers:calculator`` calls
+``state_calculator(path)`` is the eager one of ``sizes`` (a model saved as its arguments and
+weights). ``calculator(model_path)`` is the factory ``bench_infer.py --peer py:peers:calculator`` calls
 (with ``benchmarks/`` on ``PYTHONPATH``), for a checkpoint or a ``.pt2`` package of ``equimol
 compile``; ``$EQUIMOL_TENSOR_PRODUCT`` (``fused``, the default
 here, or ``e3nn``) and ``$EQUIMOL_COMPILE`` (``1`` to ``torch.compile`` the network) choose the
@@ -60,6 +70,27 @@ import torch
 REPOSITORY = Path(__file__).resolve().parents[1]
 FLOOR_FLOPS = 100e9  # float32 matrix product, one core, as measured by the harness
 MATCHED = dict(cutoff=5.0, l_max=1, parity=True, channels=32, num_layers=2, num_radial_basis=8)
+# the network sizes people train, on the same cell (``speed --size``, ``sizes``); l1 is MATCHED.
+# NequIP's counterparts (NequIPGNNModel): the same l_max, layers and features (num_features),
+# a radial MLP of 2 x 64 (radial_mlp_depth 2, radial_mlp_width 64), 8 Bessel functions.
+SIZES = {
+    "l1": MATCHED,
+    "l2": dict(cutoff=5.0, l_max=2, parity=True, channels=32, num_layers=3, num_radial_basis=8,
+               radial_hidden=[64, 64], self_connection=True),
+    "l3": dict(cutoff=5.0, l_max=3, parity=True, channels=32, num_layers=3, num_radial_basis=8,
+               radial_hidden=[64, 64]),
+    "l2w64": dict(cutoff=5.0, l_max=2, parity=True, channels=64, num_layers=4, num_radial_basis=8,
+                  radial_hidden=[64, 64]),
+}
+
+
+def describe(size: dict) -> str:
+    """``2 layers, 32 channels, l <= 1, radial MLP 64`` for a dict of model arguments."""
+    hidden = size.get("radial_hidden", 64)
+    widths = "x".join(str(w) for w in ([hidden] if isinstance(hidden, int) else hidden))
+    text = (f"{size['num_layers']} layers, {size['channels']} channels, l <= {size['l_max']}, "
+            f"radial MLP {widths}, {size['num_radial_basis']} Bessel functions")
+    return text + (", self-connection" if size.get("self_connection") else "")
 
 # The harness's published table (1 thread, one sitting): ms per energy+forces call and
 # training seconds per epoch of 100 steps at batch 5; accuracy after 600 s of training.
@@ -112,6 +143,20 @@ def calculator(model_path: str):
         if model.traced is not None:
             model.set_compile(True)  # trace again after the switch
     return calc
+
+
+def state_calculator(model_path: str):
+    """ASE calculator, eager, of a model that ``sizes`` saved as its arguments and weights
+    (``<size>.equimol.pt``): ``bench_infer.py --peer py:peers:state_calculator``. The
+    convolutions use ``$EQUIMOL_TENSOR_PRODUCT`` (default ``fused``)."""
+    from equimol.calculator import EquimolCalculator
+    from equimol.models.equivariant import EquivariantPotential
+
+    saved = torch.load(model_path, map_location="cpu", weights_only=True)
+    model = EquivariantPotential(saved["species"], **saved["arguments"])
+    model.load_state_dict(saved["state_dict"])
+    use_tensor_product(model, os.environ.get("EQUIMOL_TENSOR_PRODUCT", "fused"))
+    return EquimolCalculator(model.eval(), compile=False)
 
 
 # --------------------------------------------------------------------------- speed
@@ -215,14 +260,15 @@ def rattled(build: Callable[..., ase.Atoms], seed: int) -> ase.Atoms:
 PATHS = (("e3nn, eager", "e3nn", False), ("fused, eager", "fused", False), ("fused, compiled", "fused", True))
 
 
-def path_models(species: list[str], reference: torch.nn.Module, no_compile: bool):
-    """``(name, model, compiled)`` for each of ``PATHS``, every model with ``reference``'s weights."""
+def path_models(species: list[str], reference: torch.nn.Module, no_compile: bool, size: dict = MATCHED):
+    """``(name, model, compiled)`` for each of ``PATHS``, every model with ``reference``'s weights
+    (``size``: the model's arguments, those of ``reference``)."""
     from equimol.models.equivariant import EquivariantPotential
 
     for name, tensor_product, compiled in PATHS:
         if compiled and no_compile:
             continue
-        model = EquivariantPotential(species, tensor_product=tensor_product, compile=compiled, **MATCHED)
+        model = EquivariantPotential(species, tensor_product=tensor_product, compile=compiled, **size)
         model.load_state_dict(reference.state_dict())
         yield name, model, compiled
 
@@ -235,18 +281,19 @@ def speed(args: argparse.Namespace) -> None:
     from equimol.models.equivariant import EquivariantPotential
 
     torch.set_num_threads(1)
+    size = SIZES[args.size] if args.size else MATCHED
     build, species = SYSTEMS[args.system]
     atoms = build(args.seed)
-    graph = atoms_to_graph(atoms, MATCHED["cutoff"])
+    graph = atoms_to_graph(atoms, size["cutoff"])
     num_edges = graph.edge_index.shape[1]
     torch.manual_seed(args.seed)
-    reference = EquivariantPotential(species, avg_num_neighbors=num_edges / len(atoms), **MATCHED).eval()
+    reference = EquivariantPotential(species, avg_num_neighbors=num_edges / len(atoms), **size).eval()
     variants = {
         name: EquimolCalculator(model.eval(), compile=compiled)
-        for name, model, compiled in path_models(species, reference, args.no_compile)
+        for name, model, compiled in path_models(species, reference, args.no_compile, size)
     }
     # the fused model alone, with the reference weights: for the package and the FLOP count
-    fused = EquivariantPotential(species, tensor_product="fused", **MATCHED)
+    fused = EquivariantPotential(species, tensor_product="fused", **size)
     fused.load_state_dict(reference.state_dict())
     fused.eval()
     package_folder = tempfile.TemporaryDirectory()  # kept until the end of the table
@@ -283,7 +330,9 @@ def speed(args: argparse.Namespace) -> None:
     load_after = loadavg()
 
     print(f"torch {torch.__version__}, 1 thread, float32, {args.system} {len(atoms)} atoms, {num_edges} edges "
-          f"({num_edges / len(atoms):.1f} per atom), r_max {MATCHED['cutoff']} Å, 2 layers, 32 channels, l <= 1")
+          f"({num_edges / len(atoms):.1f} per atom), r_max {size['cutoff']} Å, "
+          f"{'size ' + args.size if args.size else 'matched size'}: {describe(size)}, "
+          f"{sum(p.numel() for p in reference.parameters()):,} parameters")
     print(f"ASE calculator energy+forces (neighbour list included), median of {args.repeats}, "
           f"load average {load_before} -> {load_after}")
     header = f"{'path':24} {'CPU ms':>8} {'wall ms':>8} {'atoms/s (CPU)':>14} {'x e3nn':>7} {'first call s':>13} {'max |dF| eV/Å':>14}"
@@ -296,9 +345,9 @@ def speed(args: argparse.Namespace) -> None:
         print(f"{name:24} {1e3 * cpu:8.1f} {1e3 * wall:8.1f} {len(atoms) / cpu:14.0f} {base_cpu / cpu:7.2f} "
               f"{energies[name][2]:13.1f} {d_forces:14.1e}")
 
-    batch = Batch.from_data_list([atoms_to_graph(rattled(build, s), MATCHED["cutoff"]) for s in range(5)])
+    batch = Batch.from_data_list([atoms_to_graph(rattled(build, s), size["cutoff"]) for s in range(5)])
     steps = {}
-    for name, model, compiled in path_models(species, reference, args.no_compile):
+    for name, model, compiled in path_models(species, reference, args.no_compile, size):
         steps[name] = training_step(model, batch)
         if compiled:
             start = time.perf_counter()
@@ -324,6 +373,10 @@ def speed(args: argparse.Namespace) -> None:
           f"100 GFLOP/s; fastest path above {1e3 * best:.1f} ms = {best * FLOOR_FLOPS / inference:.1f}x the floor")
     print(f"  training step, batch of 5: {training / 1e6:7.1f} MFLOP -> {1e3 * training / FLOOR_FLOPS:5.2f} ms at "
           f"100 GFLOP/s; an epoch of 100 steps >= {100 * training / FLOOR_FLOPS:.2f} s")
+    if size is not MATCHED:  # the published numbers are of the matched size only
+        print()
+        print("NequIP at this size: python benchmarks/peers.py sizes --sizes " + args.size)
+        return
     nequip = PUBLISHED[args.system]["NequIP AOTI"]["ms"]
     epoch = PUBLISHED[args.system]["NequIP AOTI"]["epoch_s"]
     fastest_step = min(cpu for cpu, _ in step_times.values())
@@ -479,6 +532,133 @@ def table(args: argparse.Namespace) -> None:
           f"steps without validation, first epoch (compilation) excluded)")
 
 
+def sizes(args: argparse.Namespace) -> None:
+    """equimol's package and eager model against NequIP's compiled model at each of ``--sizes``.
+
+    For each size, a freshly initialised equimol model (seeded, ``avg_num_neighbors`` from the
+    Cu-108 cell's edges) is compiled with :func:`~equimol.models.aot.export_aot` into
+    ``$PEERBENCH/sizes/<size>.equimol.pt2`` (the compile time is recorded) and saved as its
+    arguments and weights (``<size>.equimol.pt``, for the eager run). Then the harness's
+    ``bench_infer.py`` times the package, the eager model and NequIP's
+    ``$PEERBENCH/sizes/<size>.nequip.pt2`` (``nequip-compile --mode aotinductor --target ase`` of
+    a NequIPGNNModel of that size, in the NequIP venv), in turn, ``--reps`` times, each in a
+    process of its own with one thread. ``<size>.nequip.json`` beside NequIP's package may give
+    its parameter count (``params``) and compile time (``compile_s``) for the table. The models
+    are untrained, so the accuracy ``bench_infer.py`` also measures means nothing and is left
+    out. The table goes to the screen and to ``$PEERBENCH/results/sizes.md``; each run's
+    output to ``$PEERBENCH/results/sizes/``.
+    """
+    from equimol.data.graph import atoms_to_graph
+    from equimol.models.aot import export_aot
+    from equimol.models.equivariant import EquivariantPotential
+
+    harness = harness_dir(args)
+    torch.set_num_threads(1)
+    bench = peerbench()
+    folder, results = bench / "sizes", bench / "results" / "sizes"
+    folder.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
+    data = bench / "data" / "cu_val.xyz"
+    if not data.is_file():
+        raise SystemExit(f"{data}: no validation data; run the harness's make_data.py --out {bench / 'data'}")
+    if args.frames < 100:  # bench_infer.py times frame 0 after a pass over every frame of the file
+        import ase.io
+
+        subset = results / f"cu_val_first{args.frames}.xyz"
+        ase.io.write(subset, ase.io.read(data, index=f":{max(2, args.frames)}"), format="extxyz")
+        data = subset
+    nequip_python = Path(os.environ.get("NEQUIP_VENV", bench / "venv-nequip")) / "bin" / "python"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPOSITORY / "benchmarks"), os.environ.get("PYTHONPATH", "")]))
+    atoms = copper_108(args.seed)
+    num_edges = atoms_to_graph(atoms, 5.0).edge_index.shape[1]
+    print(f"torch {torch.__version__}, 1 thread, float32, Cu {len(atoms)} atoms, {num_edges} edges "
+          f"({num_edges / len(atoms):.1f} per atom) at 5 Å; export_aot autotune={args.autotune}; "
+          f"bench_infer.py: median of {args.calls} energy+forces calls on frame 0 of {data.name} "
+          f"(ASE calculator, neighbour list included), {args.reps} repetitions", flush=True)
+
+    def bench_infer(python: Path, peer: str, model: Path, tag: str) -> dict:
+        out = results / f"{tag}.json"
+        command = [str(python), str(harness / "bench_infer.py"), "--peer", peer, "--model", str(model),
+                   "--data", str(data), "--reps", str(args.calls), "--out", str(out)]
+        with open(results / f"{tag}.log", "w") as log:
+            subprocess.run(command, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return json.loads(out.read_text())
+
+    rows = []
+    for name in args.sizes:
+        size = SIZES[name]
+        state, package = folder / f"{name}.equimol.pt", folder / f"{name}.equimol.pt2"
+        record = folder / f"{name}.equimol.json"
+        if args.reuse and state.is_file() and package.is_file() and record.is_file():
+            info = json.loads(record.read_text())
+            print(f"{name}: reusing {package.name} (compiled in {info['compile_s']:.0f} s)", flush=True)
+        else:
+            torch.manual_seed(args.seed)
+            model = EquivariantPotential(["Cu"], avg_num_neighbors=num_edges / len(atoms), **size).eval()
+            arguments = dict(size, avg_num_neighbors=num_edges / len(atoms))
+            torch.save(dict(species=["Cu"], arguments=arguments, state_dict=model.state_dict()), state)
+            load_before = loadavg()
+            start = time.perf_counter()
+            export_aot(model, package, autotune=args.autotune)
+            info = dict(compile_s=time.perf_counter() - start, autotune=args.autotune,
+                        params=sum(p.numel() for p in model.parameters()), load=[load_before, loadavg()])
+            record.write_text(json.dumps(info) + "\n")
+            print(f"{name}: {describe(size)}; {info['params']:,} parameters; package compiled in "
+                  f"{info['compile_s']:.0f} s (load average {load_before} -> {loadavg()})", flush=True)
+        nequip = folder / f"{name}.nequip.pt2"
+        nequip_record = folder / f"{name}.nequip.json"
+        nequip_info = json.loads(nequip_record.read_text()) if nequip_record.is_file() else {}
+        runs = {"package": [], "eager": [], "nequip": []}
+        for repetition in range(1, args.reps + 1):
+            plan = [("package", sys.executable, "py:peers:calculator", package),
+                    ("eager", sys.executable, "py:peers:state_calculator", state)]
+            if nequip.is_file():
+                plan.append(("nequip", nequip_python, "nequip", nequip))
+            for kind, python, peer, model in plan:
+                result = bench_infer(python, peer, model, f"{name}_{kind}_r{repetition}")
+                runs[kind].append(result)
+                print(f"{name} r{repetition} {kind:8} {result['single_ms_median']:8.2f} ms "
+                      f"(load average {' '.join(result['loadavg_at_start'])} -> "
+                      f"{' '.join(result['loadavg_at_end'])})", flush=True)
+        if not nequip.is_file():
+            print(f"{name}: no {nequip}; NequIP left out", flush=True)
+        loads = [float(r[key][0]) for kind in runs.values() for r in kind for key in ("loadavg_at_start", "loadavg_at_end")]
+        ms = {kind: statistics.median(r["single_ms_median"] for r in kind_runs) if kind_runs else None
+              for kind, kind_runs in runs.items()}
+        rows.append(dict(size=name, params=info["params"], nequip_params=nequip_info.get("params"), **ms,
+                         compile_s=info["compile_s"], nequip_compile_s=nequip_info.get("compile_s"),
+                         load=f"{min(loads):.2f}-{max(loads):.2f}"))
+
+    def cell(value, form: str) -> str:
+        return "n/a" if value is None else format(value, form)
+
+    lines = [
+        f"Cu {len(atoms)} atoms (fcc, periodic), 5 Å cutoff, float32, 1 thread, energy+forces through the "
+        f"ASE calculator with the neighbour list: median ms per call of bench_infer.py ({args.calls} calls), "
+        f"median of {args.reps} repetitions taken in turn; untrained models, so no accuracy. "
+        f"equimol package: export_aot(autotune={args.autotune}); NequIP: nequip-compile --mode aotinductor. "
+        f"Load average: the 1-minute load at the start and end of every run of the size (min-max).",
+        "",
+        "| size | equimol params | NequIP params | equimol package ms | equimol eager ms | NequIP compiled ms "
+        "| NequIP / equimol package | equimol compile s | NequIP compile s | load average |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ratio = row["nequip"] / row["package"] if row["nequip"] is not None else None
+        lines.append(
+            f"| {row['size']} | {row['params']:,} | {cell(row['nequip_params'], ',')} | {row['package']:.1f} "
+            f"| {row['eager']:.1f} | {cell(row['nequip'], '.1f')} | {cell(ratio, '.2f')} "
+            f"| {row['compile_s']:.0f} | {cell(row['nequip_compile_s'], '.0f')} | {row['load']} |"
+        )
+    lines += ["", "sizes: " + "; ".join(f"{name}: {describe(SIZES[name])}" for name in args.sizes)]
+    text = "\n".join(lines) + "\n"
+    print()
+    print(text, end="")
+    (bench / "results" / "sizes.md").write_text(text)
+    print(f"(written to {bench / 'results' / 'sizes.md'})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -487,6 +667,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant (minutes to compile)")
+    p.add_argument("--size", choices=list(SIZES), default=None,
+                   help="network size (default: the matched size, l1); see SIZES")
     p = sub.add_parser("train", help="equimol fit with the matched settings")
     p.add_argument("--system", choices=["cu", "etoh"], default="cu")
     p.add_argument("--budget", type=int, default=600, help="wall-clock seconds of training")
@@ -506,11 +688,23 @@ def main() -> None:
     p.add_argument("--peers", nargs="*", default=["nequip"], help="peer names infer.sh takes (nequip, mace)")
     p.add_argument("--harness", default=None)
     p.add_argument("--root", default=None, help="equimol's run folder; default runs/peers_{system}")
+    p = sub.add_parser("sizes", help="equimol's package and eager model against NequIP's compiled one, by network size")
+    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    p.add_argument("--reps", type=int, default=3, help="repetitions of each timing, taken in turn")
+    p.add_argument("--calls", type=int, default=30, help="timed calls per bench_infer.py run")
+    p.add_argument("--frames", type=int, default=100,
+                   help="validation frames bench_infer.py runs before timing (its accuracy pass; at least 2)")
+    p.add_argument("--autotune", action="store_true",
+                   help="export_aot autotuning the matrix products (off by default: at l <= 3 it takes the "
+                        "compile past 7 minutes on one core)")
+    p.add_argument("--reuse", action="store_true", help="keep equimol packages compiled by an earlier run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--harness", default=None)
     p = sub.add_parser("table", help="the ratio table")
     p.add_argument("--system", choices=["cu", "etoh"], default="cu")
     p.add_argument("--root", default=None, help="equimol's run folder; default runs/peers_{system}")
     args = parser.parse_args()
-    {"speed": speed, "train": train, "infer": infer, "sitting": sitting, "table": table}[args.command](args)
+    {"speed": speed, "train": train, "infer": infer, "sitting": sitting, "sizes": sizes, "table": table}[args.command](args)
 
 
 if __name__ == "__main__":
