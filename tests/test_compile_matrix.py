@@ -75,8 +75,8 @@ MATRIX: dict[str, tuple[dict, torch.dtype]] = {
     "l0-6 layers": (dict(l_max=0, num_layers=6), torch.float32),
     "l1-no parity-self-connection": (dict(l_max=1, parity=False, num_layers=2, self_connection=True), torch.float64),
     "l3-no parity-3 layers": (dict(l_max=3, parity=False, num_layers=3), torch.float64),
-    "l2-e3nn-correlation 2-radial 2x8": (
-        dict(l_max=2, num_layers=2, tensor_product="e3nn", correlation=2, radial_hidden=[8, 8]),
+    "l1-e3nn-correlation 2-radial 2x8": (
+        dict(l_max=1, num_layers=2, tensor_product="e3nn", correlation=2, radial_hidden=[8, 8]),
         torch.float32,
     ),
 }
