@@ -70,9 +70,10 @@ import torch
 REPOSITORY = Path(__file__).resolve().parents[1]
 FLOOR_FLOPS = 100e9  # float32 matrix product, one core, as measured by the harness
 MATCHED = dict(cutoff=5.0, l_max=1, parity=True, channels=32, num_layers=2, num_radial_basis=8)
-# the network sizes people train, on the same cell (``speed --size``, ``sizes``); l1 is MATCHED.
-# NequIP's counterparts (NequIPGNNModel): the same l_max, layers and features (num_features),
-# a radial MLP of 2 x 64 (radial_mlp_depth 2, radial_mlp_width 64), 8 Bessel functions.
+# the network sizes people train, on the same cell (``speed --size``, ``sizes``); l1 is MATCHED,
+# whose radial MLP has one hidden layer of 64 (the others two). NequIP's counterparts
+# (NequIPGNNModel): the same l_max, layers and features (num_features), a radial MLP of 2 x 64
+# (radial_mlp_depth 2, radial_mlp_width 64) at every size, 8 Bessel functions.
 SIZES = {
     "l1": MATCHED,
     "l2": dict(cutoff=5.0, l_max=2, parity=True, channels=32, num_layers=3, num_radial_basis=8,
@@ -546,7 +547,8 @@ def sizes(args: argparse.Namespace) -> None:
     its parameter count (``params``) and compile time (``compile_s``) for the table. The models
     are untrained, so the accuracy ``bench_infer.py`` also measures means nothing and is left
     out. The table goes to the screen and to ``$PEERBENCH/results/sizes.md``; each run's
-    output to ``$PEERBENCH/results/sizes/``.
+    output to ``$PEERBENCH/results/sizes/``, from where ``--resume`` takes the runs an
+    interrupted call finished.
     """
     from equimol.data.graph import atoms_to_graph
     from equimol.models.aot import export_aot
@@ -579,6 +581,8 @@ def sizes(args: argparse.Namespace) -> None:
 
     def bench_infer(python: Path, peer: str, model: Path, tag: str) -> dict:
         out = results / f"{tag}.json"
+        if args.resume and out.is_file():
+            return json.loads(out.read_text())
         command = [str(python), str(harness / "bench_infer.py"), "--peer", peer, "--model", str(model),
                    "--data", str(data), "--reps", str(args.calls), "--out", str(out)]
         with open(results / f"{tag}.log", "w") as log:
@@ -590,7 +594,7 @@ def sizes(args: argparse.Namespace) -> None:
         size = SIZES[name]
         state, package = folder / f"{name}.equimol.pt", folder / f"{name}.equimol.pt2"
         record = folder / f"{name}.equimol.json"
-        if args.reuse and state.is_file() and package.is_file() and record.is_file():
+        if args.resume and state.is_file() and package.is_file() and record.is_file():
             info = json.loads(record.read_text())
             print(f"{name}: reusing {package.name} (compiled in {info['compile_s']:.0f} s)", flush=True)
         else:
@@ -697,7 +701,9 @@ def main() -> None:
     p.add_argument("--autotune", action="store_true",
                    help="export_aot autotuning the matrix products (off by default: at l <= 3 it takes the "
                         "compile past 7 minutes on one core)")
-    p.add_argument("--reuse", action="store_true", help="keep equimol packages compiled by an earlier run")
+    p.add_argument("--resume", action="store_true",
+                   help="after an interruption: keep the packages and the finished runs of the earlier call "
+                        "(in $PEERBENCH/sizes and $PEERBENCH/results/sizes) and run only the missing ones")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--harness", default=None)
     p = sub.add_parser("table", help="the ratio table")
