@@ -82,7 +82,7 @@ def export_program(model: EquivariantPotential) -> torch.export.ExportedProgram:
     how the tests check every architecture's graph against the eager model.
     """
     if not isinstance(model, EquivariantPotential):
-        raise TypeError(f"export_aot needs an EquivariantPotential, got {type(model).__name__}")
+        raise TypeError(f"export_program needs an EquivariantPotential, got {type(model).__name__}")
     network = copy.deepcopy(model.network).eval()
     parameter = next(network.parameters())
     dtype, device = parameter.dtype, parameter.device

@@ -186,11 +186,11 @@ class FusedTensorProduct(nn.Module):
         self.in_entries: List[Tuple[int, int, int]] = [
             (mul, ir.dim, start) for (mul, ir), start in zip(self.irreps_in1, starts1)
         ]
-        self._setup_channel_major(tp)
         cg_flat = torch.cat(cg_blocks) if cg_blocks else torch.zeros(0, dtype=torch.float64)
         # a buffer (not a plain attribute): it follows .to() and tracing sees it as an input,
         # so compiled graphs and packages of the generic paths (l >= 2) can be built
         self.register_buffer("cg", cg_flat, persistent=False)
+        self._setup_channel_major(tp)
 
     def _setup_channel_major(self, tp: o3.TensorProduct) -> None:
         """Tables of the channel-major evaluation, used when every ``x`` entry has one multiplicity.
@@ -241,8 +241,8 @@ class FusedTensorProduct(nn.Module):
             k = 0
             for p in group_paths:
                 ins = tp.instructions[p]
-                _, _, _, _, _, d2, d_out, _, i_out, _ = self.paths[p]
-                _, _, cg = _closed_form(self.irreps_in1[ins.i_in1].ir.l, self.irreps_in2[ins.i_in2].ir.l, self.irreps_out[i_out].ir.l)
+                _, _, _, d1_p, _, d2, d_out, _, i_out, cg_start = self.paths[p]
+                cg = self.cg.narrow(0, cg_start, d1_p * d2 * d_out).reshape(d1_p, d2, d_out)
                 j0 = d2_offsets[ins.i_in2]
                 block[j0 : j0 + d2, :, k : k + d_out] = self.coefficients[p] * cg.permute(1, 0, 2)
                 path_of_k += [p] * d_out
