@@ -169,3 +169,26 @@ def test_energy_r2_matches_scikit_learn_for_small_errors_per_atom():
     expected = r2_score(target.double().numpy(), predicted.double().numpy())
     assert expected < 0.9999
     assert abs(float(metric.compute()) - expected) < 1e-9
+
+
+def test_without_train_metrics_only_the_losses_are_logged_in_training(tmp_path, lj_datamodule, quiet_trainer):
+    """``train_metrics=False`` skips the training-batch metrics, not the losses, and leaves the
+    validation metrics and the trained weights as they are."""
+    from equimol.train import PotentialModule
+
+    datamodule = lj_datamodule(tmp_path / "data", n_frames=20, split=[16, 4], batch_size=4)
+    logged, weights = {}, {}
+    for train_metrics in (True, False):
+        pl.seed_everything(0)
+        module = PotentialModule(PairNN(cutoff=2.5, hidden=[8]), lr_scheduler=None, train_metrics=train_metrics,
+                                 optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
+        trainer = quiet_trainer(tmp_path / str(train_metrics), max_epochs=2)
+        trainer.fit(module, datamodule)
+        logged[train_metrics] = set(trainer.callback_metrics)
+        weights[train_metrics] = module.model.state_dict()
+    assert {"train/loss", "train/loss_forces", "train/forces_mae", "val/forces_mae"} <= logged[True]
+    assert logged[True] - logged[False] == {key for key in logged[True] if key.startswith("train/")
+                                             and not key.startswith("train/loss")}
+    for name, value in weights[True].items():
+        assert torch.isfinite(value).all(), name
+        torch.testing.assert_close(weights[False][name], value, rtol=0, atol=0)

@@ -186,6 +186,11 @@ class ModelEntry:
             on the training graphs, as for ``LinearModel``; no Trainer).
         epochs: overrides ``training.epochs`` for this model (``steps`` and ``epochs`` budgets).
         lr: overrides ``training.lr`` for this model.
+        patience: overrides ``training.patience`` for this model (``converged``): with online
+            augmentation every epoch shows new structures and the validation loss falls
+            slowly and noisily, so the rule that stops a plain model at its best stops an
+            augmented one early.
+        lr_patience: overrides ``training.lr_patience`` for this model (``converged``).
     """
 
     name: str
@@ -194,6 +199,8 @@ class ModelEntry:
     fit: Literal["gradient", "closed_form"] = "gradient"
     epochs: Optional[int] = None
     lr: Optional[float] = None
+    patience: Optional[int] = None
+    lr_patience: Optional[int] = None
 
 
 @dataclass
@@ -204,15 +211,24 @@ class LearningCurveSettings:
     (sizes ``sizes``) for every seed of ``seeds`` (the seed draws the subsets and seeds the
     training), within ``training.budget``. Per model and test set the study fits
     ``MSE ~ n**slope`` in log-log (the slope and its spread over the seeds) and, with
-    ``target_mse``, interpolates the number of training structures that reaches it.
+    a target, interpolates the number of training structures (and the training CPU time)
+    each model needs to reach it.
+
+    The target is either absolute (``target_mse``, an energy MSE) or set by one model:
+    ``target_model`` at ``target_n_train`` structures, its ``target_metric`` on the original
+    test set (geometric mean over the seeds), e.g. "the force MAE the equivariant network
+    reaches with 100 structures".
 
     Attributes:
         sizes: training-set sizes (sizes larger than the split are clipped to it).
         seeds: seeds; the grid run is reused for ``training.seed`` at the full size.
         models: names of the model entries to train at every size (empty: no curves).
-        test_sets: test sets whose energy MSE is recorded.
-        target_mse: the energy MSE (eV²) whose cost in training structures is reported
-            (None: not reported).
+        test_sets: test sets whose errors are recorded.
+        target_mse: an absolute energy MSE target (eV²), or None.
+        target_model: the model whose error at ``target_n_train`` sets the target, or None.
+        target_n_train: the training-set size of that error (one of ``sizes``).
+        target_metric: ``forces_mae`` (eV/Å) or ``energy_mse`` (eV²): the error compared
+            with the target model's.
     """
 
     sizes: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 400])
@@ -220,6 +236,9 @@ class LearningCurveSettings:
     models: list[str] = field(default_factory=list)
     test_sets: list[TestSetName] = field(default_factory=lambda: ["original", "random_rotation"])
     target_mse: Optional[float] = None
+    target_model: Optional[str] = None
+    target_n_train: Optional[int] = None
+    target_metric: Literal["forces_mae", "energy_mse"] = "forces_mae"
 
 
 @dataclass
@@ -331,6 +350,8 @@ def _to_config(namespace: Namespace) -> InvarianceStudyConfig:
                 fit=entry.get("fit", "gradient"),
                 epochs=entry.get("epochs"),
                 lr=entry.get("lr"),
+                patience=entry.get("patience"),
+                lr_patience=entry.get("lr_patience"),
             )
             for entry in values["models"]
         ],
@@ -407,6 +428,9 @@ def validate_config(config: InvarianceStudyConfig) -> None:
             raise ValueError(f"models[{entry.name!r}].augmentation.transforms is empty")
         if entry.augmentation.copies < 0:
             raise ValueError(f"models[{entry.name!r}].augmentation.copies must be >= 0")
+        for key in ("patience", "lr_patience"):
+            if getattr(entry, key) is not None and getattr(entry, key) < 1:
+                raise ValueError(f"models[{entry.name!r}].{key} must be >= 1, got {getattr(entry, key)}")
         if entry.fit == "closed_form" and entry.augmentation.mode == "online":
             raise ValueError(f"models[{entry.name!r}]: a closed-form fit cannot use online augmentation")
     for name in config.learning_curve.models:
@@ -427,6 +451,17 @@ def validate_config(config: InvarianceStudyConfig) -> None:
                          f"sizes {curve.sizes}")
     if curve.target_mse is not None and not curve.target_mse > 0:
         raise ValueError(f"learning_curve.target_mse must be positive, got {curve.target_mse}")
+    if curve.target_model is not None:
+        if curve.target_mse is not None:
+            raise ValueError("learning_curve: give target_mse or target_model, not both")
+        if curve.target_model not in curve.models:
+            raise ValueError(f"learning_curve.target_model {curve.target_model!r} is not among learning_curve.models "
+                             f"{curve.models}")
+        if curve.target_n_train not in curve.sizes:
+            raise ValueError(f"learning_curve.target_n_train must be one of learning_curve.sizes {curve.sizes}, "
+                             f"got {curve.target_n_train}")
+    elif curve.target_n_train is not None:
+        raise ValueError("learning_curve.target_n_train needs learning_curve.target_model")
     missing = [name for name in config.learning_curve.test_sets if name not in config.test_sets]
     if config.learning_curve.models and missing:
         raise ValueError(f"learning_curve.test_sets {missing} are not among test_sets {config.test_sets}")

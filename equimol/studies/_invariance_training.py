@@ -225,7 +225,8 @@ def train_model(
     Args:
         entry: the model entry (its ``augmentation`` unless ``augmentation`` is given).
         train: training graphs (single structures).
-        settings: training settings (``entry.epochs``/``entry.lr`` override them).
+        settings: training settings (``entry.epochs``, ``entry.lr``, ``entry.patience`` and
+            ``entry.lr_patience`` override them).
         planar: draw planar rotations/reflections for augmentation.
         dtype: dtype of the model's floating parameters (that of the graphs).
         augmentation: overrides ``entry.augmentation`` (used for the augmentation-cost runs).
@@ -261,11 +262,13 @@ def train_model(
     if settings.budget == "converged":
         epochs = settings.max_epochs
         scheduler: Any = functools.partial(
-            torch.optim.lr_scheduler.ReduceLROnPlateau, factor=settings.lr_factor, patience=settings.lr_patience
+            torch.optim.lr_scheduler.ReduceLROnPlateau, factor=settings.lr_factor,
+            patience=entry.lr_patience or settings.lr_patience,
         )
         monitor = "val/loss"
         best = BestWeights(monitor)
-        early = EarlyStopping(monitor=monitor, patience=settings.patience, mode="min", check_finite=False)
+        early = EarlyStopping(monitor=monitor, patience=entry.patience or settings.patience, mode="min",
+                              check_finite=False)
         callbacks += [best, early]
     elif settings.budget == "equal_time":
         epochs = -1
@@ -283,6 +286,7 @@ def train_model(
         optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=settings.weight_decay),
         lr_scheduler=scheduler,
         lr_scheduler_monitor=monitor,
+        train_metrics=False,  # the study reads the losses only; the metrics' bookkeeping is half a small step
     )
     dataset = TransformedGraphs(graphs, transform if augmentation.mode == "online" else None)
     loader = DataLoader(

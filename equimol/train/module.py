@@ -109,6 +109,10 @@ class PotentialModule(pl.LightningModule):
             matched against the full name or its end) whose parameters keep
             ``requires_grad=False`` and are left out of the optimizer; a pattern that matches
             nothing is an error listing the prefixes there are.
+        train_metrics: also accumulate the MAE/RMSE/R² metrics over the training batches
+            (the loss terms are logged either way). Off, a training step of a small model is
+            markedly cheaper (the metrics' bookkeeping costs about as much as a small
+            network's forward and backward pass); validation and test metrics are unchanged.
 
     Logged values (per epoch): ``{train,val,test}/loss``, the loss terms
     ``{stage}/loss_{energy_per_atom,forces,stress}``, and the metrics of
@@ -132,6 +136,7 @@ class PotentialModule(pl.LightningModule):
         init_from: str | None = None,
         init_statistics: Literal["recompute", "keep"] = "recompute",
         freeze: list[str] | None = None,
+        train_metrics: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(model, Potential):
@@ -163,6 +168,7 @@ class PotentialModule(pl.LightningModule):
         #: what ``init_from`` gave the model (None until it is read, or restored from a checkpoint)
         self.init_report: FinetuneReport | None = None
         self._init_missing = False
+        self.train_metrics = bool(train_metrics)
         self.metrics = nn.ModuleDict({f"{stage}_metrics": PotentialMetrics() for stage in STAGES})
         self.statistics: dict[str, Any] | None = None
         self._statistics_applied = False
@@ -272,6 +278,8 @@ class PotentialModule(pl.LightningModule):
         for name, value in terms.items():
             self.log(f"{stage}/loss_{name}", value, batch_size=batch_size, sync_dist=True,
                      on_step=False, on_epoch=True)
+        if stage == "train" and not self.train_metrics:
+            return loss, prediction
         metrics = self.metrics[f"{stage}_metrics"]
         updated = metrics.update(prediction, batch)
         for name, metric in metrics.metrics_of(updated).items():
