@@ -7,6 +7,7 @@ and its results folder is read back by the tests below.
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -91,15 +92,24 @@ def test_results_folder_holds_tables_and_figures(study) -> None:
         curve = list(csv.DictReader(handle))
     assert sorted((int(row["n_train"]), int(row["seed"])) for row in curve) == [(40, 0), (40, 1), (160, 0), (160, 1)]
     with open(out / "learning_curve_fit.csv") as handle:
-        fits = {row["test_set"]: row for row in csv.DictReader(handle)}
+        fit_rows = list(csv.DictReader(handle))
+    fits = {row["test_set"]: row for row in fit_rows if row["metric"] == "energy_mse"}
     # the positions MLP learns the original structures, never the rotated ones: no slope there to speak of
     assert set(fits) == {"original", "random_rotation"} and abs(float(fits["random_rotation"]["slope"])) < 0.2
+    # the target is its own force MAE with 160 structures: reached on the original structures by
+    # 160 at the latest, never on rotated ones
+    forces = {row["test_set"]: row for row in fit_rows if row["metric"] == "forces_mae"}
+    assert 40 <= float(forces["original"]["n_to_target"]) <= 160
+    assert float(forces["original"]["cpu_seconds_to_target"]) > 0
+    assert float(forces["random_rotation"]["n_to_target"]) == float("inf")
+    assert all(float(row["forces_mae_original"]) > 0 for row in curve)
     for name in ("positions", "energy_histogram", "loss_curves", "parity", "error_bars", "learning_curves",
-                 "augmentation_cost"):
+                 "learning_curves_forces_mae", "augmentation_cost"):
         path = out / "figures" / f"{name}.png"
         assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG", name
     markdown = (out / "results.md").read_text()
     assert "| MLP(positions) |" in markdown and "equimol study invariance" in markdown
+    assert "Training structures needed to reach the target force MAE" in markdown
     assert "equimol study invariance" in (out / "figures.md").read_text()
 
 
@@ -149,14 +159,16 @@ def test_converged_budget_stops_on_patience_and_restores_the_best_weights(tiny_s
     train, _, entries = tiny_split
     settings = TrainingSettings(batch_size=24, lr=0.02, budget="converged", patience=3, lr_patience=1,
                                 max_epochs=300, val_fraction=0.25, seed=0)
-    for entry in (entries[0], entries[2]):  # the positions MLP and the pair network
+    # the positions MLP and the pair network; the pair network again with its own patience
+    for entry in (entries[0], entries[2], dataclasses.replace(entries[2], patience=5)):
         trained = train_model(entry, train, settings, planar=True)
         history = trained.val_loss_history
+        patience = entry.patience or settings.patience
         assert trained.stopped_by == "patience" and trained.epochs < settings.max_epochs, entry.name
         assert len(trained.validation) == 8 and len(history) == trained.epochs
         best = min(history)
         # the last `patience` epochs did not improve on the best, so restoring it changes the weights
-        assert int(np.argmin(history)) == len(history) - 1 - settings.patience, entry.name
+        assert int(np.argmin(history)) == len(history) - 1 - patience, entry.name
         assert history[-1] > best and trained.best_val_loss == best
         assert validation_loss(trained.model, trained.validation, settings) == pytest.approx(best, rel=1e-9)
 
@@ -182,6 +194,9 @@ def test_equal_time_budget_gives_every_model_the_same_seconds(tiny_split) -> Non
         (("  seed: 0\nmodels", "  budget: converged\n  val_fraction: 1.0\n  seed: 0\nmodels"), "val_fraction"),
         (("  test_sets: [original, random_rotation]", "  test_sets: [original, random_rotation]\n  seedz: [1]"),
          "seedz"),
+        (("    epochs: 10\n", "    epochs: 10\n    patience: 0\n"), r"models\['Equivariant l=1'\].patience"),
+        (("  target_n_train: 160", "  target_n_train: 100"), "target_n_train"),
+        (("  target_model: MLP(positions)", "  target_model: PairNN"), "target_model"),
     ],
 )
 def test_budget_keys_are_checked(tmp_path: Path, replace: tuple[str, str], message: str) -> None:

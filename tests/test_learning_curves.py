@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from equimol.studies._learning_curves import (
+    cost_at_size,
     fit_power_law,
     learning_curve_arrays,
     learning_curve_fit_figure,
@@ -89,3 +90,13 @@ def test_rows_of_the_study_become_arrays_and_a_figure() -> None:
     labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     slope = fit_power_law(sizes, grid)
     assert labels[0].startswith(f"m: slope {slope.slope:.2f} ± ") and labels[1] == "target 0.1"
+
+
+def test_cost_at_size_interpolates_in_log_log() -> None:
+    sizes = [10, 100, 1000]
+    seconds = np.array([[2.0, 8.0], [40.0, 40.0], [400.0, 400.0]])  # geometric means 4, 40, 400: cost ~ n
+    assert cost_at_size(sizes, seconds, 10) == pytest.approx(4.0)
+    assert cost_at_size(sizes, seconds, 300) == pytest.approx(120.0)
+    assert cost_at_size(sizes, seconds, 3) == pytest.approx(4.0)  # below the first size: its cost
+    assert math.isnan(cost_at_size(sizes, seconds, math.inf))
+    assert math.isnan(cost_at_size(sizes, seconds, 2000))  # beyond the sizes: not measured

@@ -23,6 +23,7 @@ __all__ = [
     "PowerLawFit",
     "fit_power_law",
     "samples_to_target",
+    "cost_at_size",
     "learning_curve_arrays",
     "learning_curve_fit_figure",
 ]
@@ -138,6 +139,7 @@ def samples_to_target(sizes: Sequence[float], errors: np.ndarray | Sequence, tar
     keep = np.isfinite(curve)
     n, curve = n[keep], curve[keep]
     log_n, log_target = np.log10(n), math.log10(target)
+    log_target += 1e-12  # a target taken from one of these points is reached there, round-off aside
     for k in range(len(curve)):
         if curve[k] <= log_target:
             if k == 0:
@@ -145,6 +147,28 @@ def samples_to_target(sizes: Sequence[float], errors: np.ndarray | Sequence, tar
             fraction = (curve[k - 1] - log_target) / (curve[k - 1] - curve[k])
             return float(10.0 ** (log_n[k - 1] + fraction * (log_n[k] - log_n[k - 1])))
     return math.inf
+
+
+def cost_at_size(sizes: Sequence[float], costs: np.ndarray | Sequence, n: float) -> float:
+    """The cost (e.g. training seconds) of a run on ``n`` structures, from the costs measured at
+    ``sizes``: the geometric mean over seeds at each size, interpolated linearly in log-log;
+    below the first size, that size's cost. NaN when ``n`` is not finite or beyond the sizes.
+
+    Args:
+        sizes: training-set sizes ``[n_sizes]``, increasing.
+        costs: costs ``[n_sizes, n_seeds]`` or ``[n_sizes]``, positive.
+        n: the number of structures (e.g. from :func:`samples_to_target`).
+    """
+    sizes_, c = _as_grid(sizes, costs)
+    if not math.isfinite(n) or n > sizes_[-1]:
+        return math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_c = np.log10(np.where(c > 0, c, np.nan))
+    mean = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in log_c])
+    keep = np.isfinite(mean)
+    if not keep.any():
+        return math.nan
+    return float(10.0 ** np.interp(math.log10(max(n, sizes_[keep][0])), np.log10(sizes_[keep]), mean[keep]))
 
 
 def learning_curve_arrays(

@@ -18,7 +18,7 @@ error on a transformed test set).
 
 Run it from a config::
 
-    equimol study invariance --config configs/study/toy2d.yaml [--out DIR]
+    equimol study invariance --config configs/study/ethanol.yaml [--out DIR]
 
 or from Python with :func:`run_invariance_study`. The results folder holds ``results.csv``
 (one row per model and test set), ``results.md`` (the tables), ``learning_curve.csv``,
@@ -68,6 +68,7 @@ from equimol.studies._invariance_config import (
 from equimol.studies._invariance_data import build_graphs, load_frames, make_test_sets, split_graphs
 from equimol.studies._invariance_training import TrainedModel, count_parameters, labels, predict, train_model
 from equimol.studies._learning_curves import (
+    cost_at_size,
     fit_power_law,
     learning_curve_arrays,
     learning_curve_fit_figure,
@@ -82,6 +83,7 @@ __all__ = [
     "run_invariance_study",
     "markdown_tables",
     "learning_curve_fits",
+    "learning_curve_target",
     "write_results",
     "main",
     "build_parser",
@@ -94,7 +96,7 @@ logger = logging.getLogger(__name__)
 
 _COLUMNS = (
     "model", "augmentation", "fit", "n_params", "n_train", "train_seconds", "train_cpu_seconds", "epochs", "stopped_by",
-    "test_set", "energy_mse", "energy_mae", "forces_mse", "forces_mae", "invariance_error",
+    "val_loss", "test_set", "energy_mse", "energy_mae", "forces_mse", "forces_mae", "invariance_error",
 )
 
 
@@ -108,11 +110,14 @@ class InvarianceStudyResult:
             ``augmentation``, ``fit``, ``n_params``, ``n_train`` (structures in the possibly
             stacked training set), ``train_seconds`` (wall), ``train_cpu_seconds``, ``epochs``,
             ``stopped_by`` (see :class:`~equimol.studies._invariance_training.TrainedModel`),
-            ``test_set``,
+            ``val_loss`` (the lowest validation loss of a ``converged`` run, whose weights were
+            kept: what a hyperparameter search may compare; NaN otherwise), ``test_set``,
             ``energy_mse`` eV², ``energy_mae`` eV, ``forces_mse`` (eV/Å)², ``forces_mae`` eV/Å
             (NaN without force labels), ``invariance_error`` eV.
-        learning_curve: one dict per (model, size, seed): ``model``, ``n_train``, ``seed`` and
-            ``mse_{set}`` (eV²); :func:`learning_curve_fits` fits them.
+        learning_curve: one dict per (model, size, seed): ``model``, ``n_train``, ``seed``,
+            ``train_seconds``, ``train_cpu_seconds``, ``epochs``, ``stopped_by`` and per test set
+            ``mse_{set}`` (energy MSE, eV²), ``energy_mae_{set}`` (eV) and ``forces_mae_{set}``
+            (eV/Å); :func:`learning_curve_fits` fits them.
         augmentation_cost: ``model``, ``test_set``, ``target_mse``, ``target``, ``copies``,
             ``mse`` (one per copies entry) and ``copies_needed`` (None if never reached); or
             None when not configured.
@@ -183,6 +188,7 @@ def _evaluate(
             "train_cpu_seconds": trained.cpu_seconds,
             "epochs": trained.epochs,
             "stopped_by": trained.stopped_by,
+            "val_loss": trained.best_val_loss,
             "test_set": name,
             **_errors(predictions[name], truths[name]),
             "invariance_error": float(np.mean(np.abs(predictions[name][K.ENERGY] - reference))),
@@ -330,7 +336,10 @@ def _learning_curves(
     dtype: torch.dtype,
     say: Callable[[str], None],
 ) -> list[dict[str, Any]]:
-    """Energy MSE of ``learning_curve.models`` trained on nested subsets of ``train``, per seed."""
+    """Test errors of ``learning_curve.models`` trained on nested subsets of ``train``, per seed:
+    one row per (model, size, seed) with the training cost and, per test set, the energy MSE
+    (``mse_{set}``, eV²), energy MAE (``energy_mae_{set}``, eV) and force MAE
+    (``forces_mae_{set}``, eV/Å; NaN without force labels)."""
     settings = config.learning_curve
     if not settings.models:
         return []
@@ -344,41 +353,89 @@ def _learning_curves(
             for n in sizes:
                 row: dict[str, Any] = {"model": name, "n_train": n, "seed": int(seed)}
                 if n == len(train) and seed == config.training.seed:  # the grid run is this point
+                    grid = next(r for r in result.rows if r["model"] == name)
+                    row.update({key: grid[key] for key in ("train_seconds", "train_cpu_seconds", "epochs",
+                                                           "stopped_by")})
                     for test_set in settings.test_sets:
                         row[f"mse_{test_set}"] = result.value(name, test_set)
+                        row[f"energy_mae_{test_set}"] = result.value(name, test_set, "energy_mae")
+                        row[f"forces_mae_{test_set}"] = result.value(name, test_set, "forces_mae")
                 else:
                     subset = [train[k] for k in order[:n]]
                     trained = train_model(entry, subset, training, planar=config.data.planar, dtype=dtype,
                                           reference_size=len(train))
+                    row.update(train_seconds=trained.seconds, train_cpu_seconds=trained.cpu_seconds,
+                               epochs=trained.epochs, stopped_by=trained.stopped_by)
                     for test_set in settings.test_sets:
-                        energy = predict(trained.model, test_sets[test_set])[K.ENERGY]
-                        row[f"mse_{test_set}"] = float(np.mean((energy - truths[test_set][K.ENERGY]) ** 2))
+                        errors = _errors(predict(trained.model, test_sets[test_set]), truths[test_set])
+                        row[f"mse_{test_set}"] = errors["energy_mse"]
+                        row[f"energy_mae_{test_set}"] = errors["energy_mae"]
+                        row[f"forces_mae_{test_set}"] = errors["forces_mae"]
                 rows.append(row)
-                say(f"learning curve {name}, n={n}, seed {seed}: "
-                    + ", ".join(f"{t} {row[f'mse_{t}']:.2e}" for t in settings.test_sets))
+                say(f"learning curve {name}, n={n}, seed {seed}: {row['train_seconds']:.0f} s, "
+                    f"{row['epochs']} epochs ({row['stopped_by']}); "
+                    + ", ".join(f"{t} E MSE {row[f'mse_{t}']:.2e} F MAE {row[f'forces_mae_{t}']:.2e}"
+                                for t in settings.test_sets))
     return rows
 
 
-def learning_curve_fits(result: InvarianceStudyResult) -> list[dict[str, Any]]:
-    """Per model and test set of the learning curves: the power-law slope of the energy MSE
-    against the training-set size (least squares in log-log over sizes and seeds), its spread
-    over seeds and standard error, and the structures needed to reach ``learning_curve.target_mse``
-    (``inf``: not within the sizes; NaN: no target)."""
+#: The learning-curve errors that are fitted: metric -> (column prefix, label with unit).
+_CURVE_METRICS = {"energy_mse": ("mse", "energy MSE (eV²)"), "forces_mae": ("forces_mae", "force MAE (eV/Å)")}
+
+
+def _curve_column(metric: str, test_set: str) -> str:
+    return f"{_CURVE_METRICS[metric][0]}_{test_set}"
+
+
+def learning_curve_target(result: InvarianceStudyResult) -> tuple[str, float] | None:
+    """The learning curves' target as (metric, value): ``target_mse`` as an energy MSE, or the
+    error of ``target_model`` at ``target_n_train`` on the original test set (geometric mean
+    over seeds); None when no target is configured or it cannot be measured."""
     settings = result.config.learning_curve
+    if settings.target_mse is not None:
+        return "energy_mse", float(settings.target_mse)
+    if settings.target_model is None or "original" not in settings.test_sets:
+        return None
+    sizes, errors = learning_curve_arrays(result.learning_curve, settings.target_model,
+                                          _curve_column(settings.target_metric, "original"))
+    wanted = min(int(settings.target_n_train), int(sizes.max()))
+    row = errors[list(sizes).index(wanted)] if wanted in sizes else np.array([math.nan])
+    row = row[np.isfinite(row) & (row > 0)]
+    if not len(row):
+        return None
+    return settings.target_metric, float(np.exp(np.mean(np.log(row))))
+
+
+def learning_curve_fits(result: InvarianceStudyResult) -> list[dict[str, Any]]:
+    """Per model, test set and metric (energy MSE, and force MAE where there are forces) of the
+    learning curves: the power-law slope against the training-set size (least squares in
+    log-log over sizes and seeds), its spread over seeds and standard error; for the target's
+    metric also the structures needed to reach the target (``inf``: not within the sizes) and
+    the training CPU seconds of a run of that size (interpolated in log-log between the sizes
+    around it; NaN without a target)."""
+    settings = result.config.learning_curve
+    target = learning_curve_target(result)
     fits = []
     for model in dict.fromkeys(row["model"] for row in result.learning_curve):
-        for test_set in settings.test_sets:
-            sizes, errors = learning_curve_arrays(result.learning_curve, model, f"mse_{test_set}")
-            try:
-                fit = fit_power_law(sizes, errors)
-                slope, spread, stderr = fit.slope, fit.slope_std, fit.slope_stderr
-            except ValueError:  # a single size
-                slope = spread = stderr = math.nan
-            needed = (samples_to_target(sizes, errors, settings.target_mse) if settings.target_mse is not None
-                      else math.nan)
-            fits.append({"model": model, "test_set": test_set, "slope": slope, "slope_std": spread,
-                         "slope_stderr": stderr, "target_mse": settings.target_mse if settings.target_mse else math.nan,
-                         "n_to_target": needed})
+        for metric in _CURVE_METRICS:
+            for test_set in settings.test_sets:
+                sizes, errors = learning_curve_arrays(result.learning_curve, model, _curve_column(metric, test_set))
+                if not np.isfinite(errors).any():
+                    continue
+                try:
+                    fit = fit_power_law(sizes, errors)
+                    slope, spread, stderr = fit.slope, fit.slope_std, fit.slope_stderr
+                except ValueError:  # a single size
+                    slope = spread = stderr = math.nan
+                needed = seconds = value = math.nan
+                if target is not None and target[0] == metric:
+                    value = target[1]
+                    needed = samples_to_target(sizes, errors, value)
+                    _, cpu = learning_curve_arrays(result.learning_curve, model, "train_cpu_seconds")
+                    seconds = cost_at_size(sizes, cpu, needed)
+                fits.append({"model": model, "metric": metric, "test_set": test_set, "slope": slope,
+                             "slope_std": spread, "slope_stderr": stderr, "target": value,
+                             "n_to_target": needed, "cpu_seconds_to_target": seconds})
     return fits
 
 
@@ -462,9 +519,11 @@ def markdown_tables(result: InvarianceStudyResult) -> str:
     parts = [f"Energy MSE (eV²) on each test set ({len(result.true_energy)} held-out structures, "
              f"{config.name}; the variance of their energies, the MSE of always predicting the mean, "
              f"is {variance:.2e} eV²):", ""]
-    header = ["model", "augmentation", "params", "train CPU s", "epochs", *sets]
+    converged = config.training.budget == "converged"
+    header = ["model", "augmentation", "params", "train CPU s", "epochs", *(["stopped by"] if converged else []), *sets]
     body = [[m, first[m]["augmentation"], str(first[m]["n_params"]), f"{first[m]['train_cpu_seconds']:.1f}",
-             str(first[m]["epochs"]), *[result.value(m, s) for s in sets]] for m in models]
+             str(first[m]["epochs"]), *([first[m]["stopped_by"]] if converged else []),
+             *[result.value(m, s) for s in sets]] for m in models]
     parts += [_table(header, body), ""]
     others = [s for s in sets if s != "original"]
     parts += ["Invariance error mean |E(gx) − E(x)| (eV) of each model's own predictions:", ""]
@@ -479,28 +538,7 @@ def markdown_tables(result: InvarianceStudyResult) -> str:
                 for m in models]
         parts += [_table(header, body), ""]
     if result.learning_curve:
-        sizes = sorted({row["n_train"] for row in result.learning_curve})
-        seeds = sorted({row["seed"] for row in result.learning_curve})
-        parts += ["Learning curves: energy MSE (eV²) against the number of training structures"
-                  + (f" (geometric mean over seeds {seeds})" if len(seeds) > 1 else "") + ":", ""]
-        body = []
-        for model in dict.fromkeys(row["model"] for row in result.learning_curve):
-            for test_set in config.learning_curve.test_sets:
-                n, errors = learning_curve_arrays(result.learning_curve, model, f"mse_{test_set}")
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    means = {int(k): float(np.exp(np.nanmean(np.log(row)))) for k, row in zip(n, errors)}
-                body.append([model, test_set, *[means.get(k, math.nan) for k in sizes]])
-        parts += [_table(["model", "test set", *[str(k) for k in sizes]], body), ""]
-        fits = learning_curve_fits(result)
-        target = config.learning_curve.target_mse
-        parts += ["Power-law fits MSE ~ n^slope (least squares in log-log over sizes and seeds; ± the spread "
-                  "of the slopes of the seeds)"
-                  + (f" and the training structures needed to reach {target:.2e} eV²" if target else "") + ":", ""]
-        header = ["model", "test set", "slope", "± seeds", *(["n to target"] if target else [])]
-        rows_ = [[f["model"], f["test_set"], f"{f['slope']:.2f}", f"{f['slope_std']:.2f}",
-                  *([("not reached" if math.isinf(f["n_to_target"]) else f"{f['n_to_target']:.0f}")] if target else [])]
-                 for f in fits]
-        parts += [_table(header, rows_), ""]
+        parts += _learning_curve_tables(result)
     cost = result.augmentation_cost
     if cost:
         parts += [f"Cost of augmentation: {cost['model']} trained with k stacked copies "
@@ -516,6 +554,60 @@ def markdown_tables(result: InvarianceStudyResult) -> str:
         reached = str(needed) if needed is not None else f"not reached with up to {max(cost['copies'])}"
         parts += [f"Copies needed to reach the target: {reached}.", ""]
     return "\n".join(parts)
+
+
+def _learning_curve_tables(result: InvarianceStudyResult) -> list[str]:
+    """Markdown of the learning curves: the errors per size, the power-law fits and, with a
+    target, the structures and training CPU seconds each model needs to reach it."""
+    config = result.config
+    curve = result.learning_curve
+    sizes = sorted({row["n_train"] for row in curve})
+    seeds = sorted({row["seed"] for row in curve})
+    models = list(dict.fromkeys(row["model"] for row in curve))
+    over = f" (geometric mean over seeds {seeds})" if len(seeds) > 1 else ""
+    parts: list[str] = []
+    for metric, (_, label) in _CURVE_METRICS.items():
+        body = []
+        for model in models:
+            for test_set in config.learning_curve.test_sets:
+                n, errors = learning_curve_arrays(curve, model, _curve_column(metric, test_set))
+                if not np.isfinite(errors).any():
+                    continue
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    means = {int(k): float(np.exp(np.nanmean(np.log(row)))) for k, row in zip(n, errors)}
+                body.append([model, test_set, *[means.get(k, math.nan) for k in sizes]])
+        if body:
+            parts += [f"Learning curves: test {label} against the number of training structures{over}:", ""]
+            parts += [_table(["model", "test set", *[str(k) for k in sizes]], body), ""]
+    body = []
+    for model in models:
+        n, cpu = learning_curve_arrays(curve, model, "train_cpu_seconds")
+        _, epochs = learning_curve_arrays(curve, model, "epochs")
+        body.append([model, *[f"{np.nanmean(c):.0f} ({np.nanmean(e):.0f})" for c, e in zip(cpu, epochs)]])
+    parts += [f"Training CPU seconds (epochs) per run{over.replace('geometric ', '')}:", ""]
+    parts += [_table(["model", *[str(k) for k in sizes]], body), ""]
+    fits = learning_curve_fits(result)
+    parts += ["Power-law fits error ~ n^slope (least squares in log-log over sizes and seeds; ± the spread of "
+              "the slopes of the seeds):", ""]
+    parts += [_table(["model", "error", "test set", "slope", "± seeds"],
+                     [[f["model"], _CURVE_METRICS[f["metric"]][1], f["test_set"], f"{f['slope']:.2f}",
+                       f"{f['slope_std']:.2f}"] for f in fits]), ""]
+    target = learning_curve_target(result)
+    if target is not None:
+        metric, value = target
+        settings = config.learning_curve
+        source = (f"{settings.target_model} with {settings.target_n_train} structures"
+                  if settings.target_model else "learning_curve.target_mse")
+        unit = _CURVE_METRICS[metric][1]
+        parts += [f"Training structures needed to reach the target {unit} of {value:.3g} ({source}), and "
+                  "the training CPU seconds of a run of that size (interpolated in log-log; not reached "
+                  f"within {max(sizes)} structures: –):", ""]
+        body = [[f["model"], f["test_set"],
+                 "not reached" if math.isinf(f["n_to_target"]) else f"{f['n_to_target']:.0f}",
+                 "–" if not math.isfinite(f["cpu_seconds_to_target"]) else f"{f['cpu_seconds_to_target']:.0f}"]
+                for f in fits if f["metric"] == metric]
+        parts += [_table(["model", "test set", "structures", "train CPU s"], body), ""]
+    return parts
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
@@ -601,14 +693,22 @@ def _write_figures(result: InvarianceStudyResult, folder: Path) -> dict[str, str
     figures.save(figures.error_bars_figure(mse, sets_all), folder / "error_bars.png")
     captions["error_bars.png"] = "Test energy MSE (eV², log scale) per model and test set."
     if result.learning_curve:
-        curves = {f"{model} ({test_set})": learning_curve_arrays(result.learning_curve, model, f"mse_{test_set}")
-                  for model in dict.fromkeys(row["model"] for row in result.learning_curve)
-                  for test_set in config.learning_curve.test_sets}
-        figures.save(learning_curve_fit_figure(curves, target=config.learning_curve.target_mse),
-                     folder / "learning_curves.png")
-        captions["learning_curves.png"] = (
-            "Test energy MSE against training-set size (log-log; points: geometric mean over seeds, bars: their "
-            "spread; lines: power-law fits, slopes in the legend).")
+        target = learning_curve_target(result)
+        for metric, (_, label) in _CURVE_METRICS.items():
+            curves = {f"{model} ({test_set})": learning_curve_arrays(result.learning_curve, model,
+                                                                     _curve_column(metric, test_set))
+                      for model in dict.fromkeys(row["model"] for row in result.learning_curve)
+                      for test_set in config.learning_curve.test_sets}
+            curves = {key: value for key, value in curves.items() if np.isfinite(value[1]).any()}
+            if not curves:
+                continue
+            name = "learning_curves.png" if metric == "energy_mse" else f"learning_curves_{metric}.png"
+            figures.save(learning_curve_fit_figure(curves, ylabel=f"test {label}",
+                                                   target=target[1] if target and target[0] == metric else None),
+                         folder / name)
+            captions[name] = (
+                f"Test {label} against training-set size (log-log; points: geometric mean over seeds, bars: their "
+                "spread; lines: power-law fits, slopes in the legend).")
     cost = result.augmentation_cost
     if cost:
         figures.save(figures.augmentation_cost_figure(cost["copies"], cost["mse"], cost["target_mse"], cost["test_set"],
