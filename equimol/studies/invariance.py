@@ -463,7 +463,8 @@ def _augmentation_cost(
     copies = sorted({int(k) for k in settings.copies})
     training = dataclasses.replace(config.training, budget=settings.budget)
     for k in copies:
-        if k == 0 and entry.augmentation.mode == "none":  # the grid run is this point
+        if k == 0 and entry.augmentation.mode == "none" and settings.budget == config.training.budget:
+            # the grid run is this point (under another budget it is not: train it again)
             mses.append(result.value(entry.name, settings.test_set))
             seconds.append(result.value(entry.name, settings.test_set, "train_cpu_seconds"))
             continue
