@@ -234,6 +234,8 @@ def test_every_model_starts_at_the_mean_of_its_training_energies(path: Path) -> 
     if data.generator:
         (size_key,) = [key for key in ("n_samples", "n_frames") if key in data.generator_args]
         data.generator_args = {**data.generator_args, size_key: 12}
+        if "n_equilibration_steps" in data.generator_args:  # MD: a short equilibration will do here
+            data.generator_args["n_equilibration_steps"] = 20
     else:
         data.index = ":12"
     graphs = build_graphs(load_frames(data), data)
