@@ -353,24 +353,22 @@ def _learning_curves(
             for n in sizes:
                 row: dict[str, Any] = {"model": name, "n_train": n, "seed": int(seed)}
                 if n == len(train) and seed == config.training.seed:  # the grid run is this point
-                    grid = next(r for r in result.rows if r["model"] == name)
-                    row.update({key: grid[key] for key in ("train_seconds", "train_cpu_seconds", "epochs",
-                                                           "stopped_by")})
-                    for test_set in settings.test_sets:
-                        row[f"mse_{test_set}"] = result.value(name, test_set)
-                        row[f"energy_mae_{test_set}"] = result.value(name, test_set, "energy_mae")
-                        row[f"forces_mae_{test_set}"] = result.value(name, test_set, "forces_mae")
+                    grid = {r["test_set"]: r for r in result.rows if r["model"] == name}
+                    cost = next(iter(grid.values()))
+                    errors = {test_set: grid[test_set] for test_set in settings.test_sets}
                 else:
                     subset = [train[k] for k in order[:n]]
                     trained = train_model(entry, subset, training, planar=config.data.planar, dtype=dtype,
                                           reference_size=len(train))
-                    row.update(train_seconds=trained.seconds, train_cpu_seconds=trained.cpu_seconds,
-                               epochs=trained.epochs, stopped_by=trained.stopped_by)
-                    for test_set in settings.test_sets:
-                        errors = _errors(predict(trained.model, test_sets[test_set]), truths[test_set])
-                        row[f"mse_{test_set}"] = errors["energy_mse"]
-                        row[f"energy_mae_{test_set}"] = errors["energy_mae"]
-                        row[f"forces_mae_{test_set}"] = errors["forces_mae"]
+                    cost = {"train_seconds": trained.seconds, "train_cpu_seconds": trained.cpu_seconds,
+                            "epochs": trained.epochs, "stopped_by": trained.stopped_by}
+                    errors = {test_set: _errors(predict(trained.model, test_sets[test_set]), truths[test_set])
+                              for test_set in settings.test_sets}
+                row.update({key: cost[key] for key in ("train_seconds", "train_cpu_seconds", "epochs", "stopped_by")})
+                for test_set, error in errors.items():
+                    row[f"mse_{test_set}"] = error["energy_mse"]
+                    row[f"energy_mae_{test_set}"] = error["energy_mae"]
+                    row[f"forces_mae_{test_set}"] = error["forces_mae"]
                 rows.append(row)
                 say(f"learning curve {name}, n={n}, seed {seed}: {row['train_seconds']:.0f} s, "
                     f"{row['epochs']} epochs ({row['stopped_by']}); "
@@ -417,6 +415,7 @@ def learning_curve_fits(result: InvarianceStudyResult) -> list[dict[str, Any]]:
     target = learning_curve_target(result)
     fits = []
     for model in dict.fromkeys(row["model"] for row in result.learning_curve):
+        _, cpu = learning_curve_arrays(result.learning_curve, model, "train_cpu_seconds")
         for metric in _CURVE_METRICS:
             for test_set in settings.test_sets:
                 sizes, errors = learning_curve_arrays(result.learning_curve, model, _curve_column(metric, test_set))
@@ -431,7 +430,6 @@ def learning_curve_fits(result: InvarianceStudyResult) -> list[dict[str, Any]]:
                 if target is not None and target[0] == metric:
                     value = target[1]
                     needed = samples_to_target(sizes, errors, value)
-                    _, cpu = learning_curve_arrays(result.learning_curve, model, "train_cpu_seconds")
                     seconds = cost_at_size(sizes, cpu, needed)
                 fits.append({"model": model, "metric": metric, "test_set": test_set, "slope": slope,
                              "slope_std": spread, "slope_stderr": stderr, "target": value,
