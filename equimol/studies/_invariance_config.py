@@ -191,6 +191,12 @@ class ModelEntry:
             slowly and noisily, so the rule that stops a plain model at its best stops an
             augmented one early.
         lr_patience: overrides ``training.lr_patience`` for this model (``converged``).
+        search: candidate values to choose from on the validation split (``converged``
+            budget only), e.g. ``{lr: [1.0e-3, 3.0e-3], hidden: [[64, 64], [128, 128]]}``: a key
+            is ``lr`` or an ``init_args`` key of the model. Every combination is trained on the
+            training split less its validation structures; the one with the lowest validation
+            loss is the row (and the model of its learning curve and augmentation cost). The
+            test sets are never looked at. See :mod:`equimol.studies._invariance_search`.
     """
 
     name: str
@@ -201,6 +207,7 @@ class ModelEntry:
     lr: Optional[float] = None
     patience: Optional[int] = None
     lr_patience: Optional[int] = None
+    search: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -352,6 +359,7 @@ def _to_config(namespace: Namespace) -> InvarianceStudyConfig:
                 lr=entry.get("lr"),
                 patience=entry.get("patience"),
                 lr_patience=entry.get("lr_patience"),
+                search=dict(entry.get("search") or {}),
             )
             for entry in values["models"]
         ],
@@ -433,6 +441,8 @@ def validate_config(config: InvarianceStudyConfig) -> None:
                 raise ValueError(f"models[{entry.name!r}].{key} must be >= 1, got {getattr(entry, key)}")
         if entry.fit == "closed_form" and entry.augmentation.mode == "online":
             raise ValueError(f"models[{entry.name!r}]: a closed-form fit cannot use online augmentation")
+        if entry.search:
+            _validate_search(entry, training)
     for name in config.learning_curve.models:
         if name not in names:
             raise ValueError(f"learning_curve.models: no model entry named {name!r}; entries: {names}")
@@ -467,6 +477,29 @@ def validate_config(config: InvarianceStudyConfig) -> None:
         raise ValueError(f"learning_curve.test_sets {missing} are not among test_sets {config.test_sets}")
 
 
+def _validate_search(entry: ModelEntry, training: TrainingSettings) -> None:
+    """A search needs the validation split of the ``converged`` budget, non-empty candidate
+    lists, and candidates the model's class accepts (checked by jsonargparse, not built)."""
+    where = f"models[{entry.name!r}].search"
+    if training.budget != "converged":
+        raise ValueError(f"{where}: a search compares validation losses, which only budget 'converged' has "
+                         f"(training.budget is {training.budget!r})")
+    for key, values in entry.search.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}.{key}: give a non-empty list of candidates, got {values!r}")
+        if key == "lr":
+            if not all(isinstance(v, (int, float)) and v > 0 for v in values):
+                raise ValueError(f"{where}.lr: learning rates must be positive numbers, got {values}")
+            continue
+        init_args = dict(entry.model.get("init_args") or {})
+        for value in values:
+            try:
+                check_model_spec({"class_path": entry.model["class_path"], "init_args": {**init_args, key: value}})
+            except Exception as error:
+                raise ValueError(f"{where}.{key}: {value!r} is not an argument value of "
+                                 f"{entry.model['class_path']} ({error})") from error
+
+
 def _validate_budget(training: TrainingSettings) -> None:
     """The keys of the chosen budget must make sense (the others are not used)."""
     if training.budget == "converged":
@@ -481,6 +514,21 @@ def _validate_budget(training: TrainingSettings) -> None:
         raise ValueError(f"training.seconds must be positive for budget 'equal_time', got {training.seconds}")
 
 
+def _model_parser() -> ArgumentParser:
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--model", type=torch.nn.Module)
+    return parser
+
+
+def check_model_spec(spec: dict[str, Any]) -> None:
+    """Check ``{class_path, init_args}`` against the class's signature without building it.
+
+    Raises:
+        Exception: jsonargparse's error naming the key or value it cannot accept.
+    """
+    _model_parser().parse_object({"model": spec})
+
+
 def build_model(spec: Any) -> torch.nn.Module:
     """A new module from ``{class_path, init_args}`` (a dict or a jsonargparse Namespace).
 
@@ -490,8 +538,7 @@ def build_model(spec: Any) -> torch.nn.Module:
         raise TypeError("build_model needs a {class_path, init_args} spec, not a module instance")
     if isinstance(spec, Namespace):
         spec = spec.as_dict()
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--model", type=torch.nn.Module)
+    parser = _model_parser()
     namespace = parser.parse_object({"model": spec})
     return parser.instantiate_classes(namespace).model
 

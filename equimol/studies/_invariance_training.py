@@ -68,7 +68,8 @@ class TrainedModel:
             ``patience`` or ``max_epochs`` (``converged``), ``time`` (``equal_time``),
             ``fit`` (closed form).
         val_loss_history: validation loss after each epoch (``converged`` only).
-        best_val_loss: the lowest of them, that of the returned weights (NaN without).
+        best_val_loss: the lowest of them, that of the returned weights; for a closed-form
+            fit under ``converged``, its loss on the validation structures (NaN without).
         validation: the held-out structures of the ``converged`` budget (empty otherwise).
     """
 
@@ -174,7 +175,7 @@ def prepare_model(
 
     validation: list[Data] = []
     train = list(train)
-    if settings.budget == "converged" and entry.fit == "gradient":
+    if settings.budget == "converged":  # a closed-form fit too: every row sees the same structures
         train, validation = _validation_split(train, settings.val_fraction, seed)
     transform = None
     graphs: list[Data] = list(train)
@@ -253,7 +254,11 @@ def train_model(
             raise ValueError(f"model {entry.name!r}: fit is 'closed_form', which only a LinearModel has")
         model.fit(graphs)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-        return TrainedModel(model.eval(), [], seconds, cpu_seconds, 0, len(graphs), list(loggers), stopped_by="fit")
+        return TrainedModel(
+            model.eval(), [], seconds, cpu_seconds, 0, len(graphs), list(loggers), stopped_by="fit",
+            best_val_loss=validation_loss(model, validation, settings) if validation else math.nan,
+            validation=validation,
+        )
 
     recorder = EpochLossRecorder()
     callbacks: list[Callback] = [recorder]

@@ -22,7 +22,8 @@ Run it from a config::
 
 or from Python with :func:`run_invariance_study`. The results folder holds ``results.csv``
 (one row per model and test set), ``results.md`` (the tables), ``learning_curve.csv``,
-``learning_curve_fit.csv`` (slopes and structures needed to reach a target),
+``learning_curve_fit.csv`` (slopes and structures needed to reach a target), ``search.csv``
+(the validation loss of every candidate of a hyperparameter search),
 ``augmentation_cost.csv``, ``loss_history.csv``, ``config.yaml``, ``figures/*.png`` and
 ``figures.md`` (each figure's caption with the command that reproduces it). Every trained
 model of the grid is one W&B run (offline by default) in the group named after the study,
@@ -66,6 +67,7 @@ from equimol.studies._invariance_config import (
     load_config,
 )
 from equimol.studies._invariance_data import build_graphs, load_frames, make_test_sets, split_graphs
+from equimol.studies._invariance_search import search_entry
 from equimol.studies._invariance_training import TrainedModel, count_parameters, labels, predict, train_model
 from equimol.studies._learning_curves import (
     cost_at_size,
@@ -121,6 +123,9 @@ class InvarianceStudyResult:
         augmentation_cost: ``model``, ``test_set``, ``target_mse``, ``target``, ``copies``,
             ``mse`` (one per copies entry) and ``copies_needed`` (None if never reached); or
             None when not configured.
+        search: one dict per candidate of the model entries with a ``search``: ``model``,
+            ``settings``, ``val_loss``, ``epochs``, ``stopped_by``, ``train_cpu_seconds``,
+            ``chosen`` (see :func:`~equimol.studies._invariance_search.search_entry`).
         loss_history: model -> training loss per epoch.
         predictions: model -> test set -> predicted energies ``[M]`` eV.
         true_energy: energy labels of the test structures ``[M]`` eV.
@@ -133,6 +138,7 @@ class InvarianceStudyResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     learning_curve: list[dict[str, Any]] = field(default_factory=list)
     augmentation_cost: dict[str, Any] | None = None
+    search: list[dict[str, Any]] = field(default_factory=list)
     loss_history: dict[str, list[float]] = field(default_factory=dict)
     predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     true_energy: np.ndarray | None = None
@@ -302,11 +308,7 @@ def _run(
     by_name = {entry.name: entry for entry in config.models}
 
     for entry in config.models:
-        logger = _wandb_logger(config, entry.name, out, entry) if write else None
-        trained = train_model(
-            entry, train, config.training, planar=config.data.planar, dtype=dtype,
-            loggers=[logger] if logger is not None else [],
-        )
+        trained, logger = _train_grid_entry(config, entry, train, out, dtype, write, result, by_name, say)
         rows, predictions = _evaluate(trained, entry, test_sets, truths)
         result.rows.extend(rows)
         result.predictions[entry.name] = predictions
@@ -324,6 +326,44 @@ def _run(
     if write:
         write_results(result, out, command=command)
     return result
+
+
+def _train_grid_entry(
+    config: InvarianceStudyConfig,
+    entry: ModelEntry,
+    train: list[Data],
+    out: Path,
+    dtype: torch.dtype,
+    write: bool,
+    result: InvarianceStudyResult,
+    by_name: dict[str, ModelEntry],
+    say: Callable[[str], None],
+) -> tuple[TrainedModel, Any | None]:
+    """Train the grid row of ``entry``: one run, or with a search every candidate (each its own
+    W&B run, closed with its validation loss) and the one kept. The kept candidate replaces
+    the entry in ``by_name`` (for the learning curves and the augmentation cost) and the
+    search's rows are added to ``result.search``. Returns the trained row and the W&B logger
+    that receives its test errors (None without W&B)."""
+
+    def fit(candidate: ModelEntry, label: str) -> TrainedModel:
+        logger = _wandb_logger(config, f"{entry.name} [{label}]", out, candidate) if write and label else None
+        trained = train_model(candidate, train, config.training, planar=config.data.planar, dtype=dtype,
+                              loggers=[logger] if logger is not None else [])
+        _finish_wandb(logger, {"val/best_loss": trained.best_val_loss})
+        return trained
+
+    if not entry.search:
+        logger = _wandb_logger(config, entry.name, out, entry) if write else None
+        trained = train_model(entry, train, config.training, planar=config.data.planar, dtype=dtype,
+                              loggers=[logger] if logger is not None else [])
+        return trained, logger
+    searched = search_entry(entry, fit, say)
+    by_name[entry.name] = searched.entry
+    result.search.extend(searched.rows)
+    chosen = next(row["settings"] for row in searched.rows if row["chosen"])
+    say(f"search {entry.name}: kept [{chosen}]")
+    logger = _wandb_logger(config, entry.name, out, searched.entry) if write else None
+    return searched.trained, logger
 
 
 def _learning_curves(
@@ -536,6 +576,8 @@ def markdown_tables(result: InvarianceStudyResult) -> str:
                  *[result.value(m, s, "forces_mae") for s in cols]]
                 for m in models]
         parts += [_table(header, body), ""]
+    if result.search:
+        parts += _search_table(result)
     if result.learning_curve:
         parts += _learning_curve_tables(result)
     cost = result.augmentation_cost
@@ -553,6 +595,18 @@ def markdown_tables(result: InvarianceStudyResult) -> str:
         reached = str(needed) if needed is not None else f"not reached with up to {max(cost['copies'])}"
         parts += [f"Copies needed to reach the target: {reached}.", ""]
     return "\n".join(parts)
+
+
+def _search_table(result: InvarianceStudyResult) -> list[str]:
+    """Markdown of the hyperparameter search: every candidate's validation loss, the kept one marked."""
+    training = result.config.training
+    parts = [f"Hyperparameter search on the validation split ({training.val_fraction:.0%} of the training split; "
+             f"the loss is {training.energy_weight:g} x energy-per-atom MSE + {training.forces_weight:g} x force MSE; "
+             "the test sets are not used); the kept candidate is the row of the tables above:", ""]
+    body = [[row["model"], row["settings"], row["val_loss"], str(row["epochs"]), row["stopped_by"],
+             f"{row['train_cpu_seconds']:.1f}", "kept" if row["chosen"] else ""] for row in result.search]
+    parts += [_table(["model", "candidate", "validation loss", "epochs", "stopped by", "train CPU s", ""], body), ""]
+    return parts
 
 
 def _learning_curve_tables(result: InvarianceStudyResult) -> list[str]:
@@ -638,6 +692,7 @@ def write_results(result: InvarianceStudyResult, out: str | Path, command: str |
     command = command or f"equimol study invariance --config {out / 'config.yaml'}"
     (out / "command.txt").write_text(command + "\n")
     _write_csv(out / "results.csv", result.rows, _COLUMNS)
+    _write_csv(out / "search.csv", result.search)
     _write_csv(out / "learning_curve.csv", result.learning_curve)
     if result.learning_curve:
         _write_csv(out / "learning_curve_fit.csv", learning_curve_fits(result))
