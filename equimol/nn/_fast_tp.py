@@ -102,7 +102,7 @@ class FusedTensorProduct(nn.Module):
     mul: int
     num_k: int
     num_out_components: int
-    cm_paths: List[Tuple[int, int, int, int, int, int, int, int]]
+    cm_paths: List[Tuple[int, int, int, int, int, int, int]]
     generic_groups: List[Tuple[int, int, int, int]]
     cg: torch.Tensor
 
@@ -217,16 +217,16 @@ class FusedTensorProduct(nn.Module):
         for _, ir in self.irreps_out:
             out_offsets.append(out_offsets[-1] + ir.dim)
         component_of_k: List[int] = []
-        cm_paths: List[Tuple[int, int, int, int, int, int, int, int]] = []
+        cm_paths: List[Tuple[int, int, int, int, int, int, int]] = []
         generic: dict = {}  # x entry -> the generic paths reading it, in order
         for p in order:
             ins = tp.instructions[p]
-            kind, _, _, d1, _, d2, d_out, _, i_out, cg_start = self.paths[p]
+            kind, _, _, d1, _, d2, d_out, _, i_out, _ = self.paths[p]
             i0, j0 = d1_offsets[ins.i_in1], d2_offsets[ins.i_in2]
             if kind == _GENERIC:
                 generic.setdefault(ins.i_in1, []).append(p)
                 continue
-            cm_paths.append((kind, p, i0, d1, j0, d2, d_out, cg_start))
+            cm_paths.append((kind, p, i0, d1, j0, d2, d_out))
             component_of_k += list(range(out_offsets[i_out], out_offsets[i_out] + d_out))
         # groups of generic paths: (start in D1, d1, number of k, start in the coefficient
         # buffer); per group a [D2, d1 * K_g] matrix of coefficients and the path of each k
@@ -302,7 +302,7 @@ class FusedTensorProduct(nn.Module):
         ys = y.unsqueeze(2).unbind(1)  # D2 x [E, 1]
         ws = weight.reshape(num, len(self.paths), self.mul).unbind(1)  # paths x [E, mul]
         components: List[torch.Tensor] = []
-        for kind, p, i0, d1, j0, d2, d_out, cg_start in self.cm_paths:
+        for kind, p, i0, d1, j0, d2, d_out in self.cm_paths:
             wp = ws[p] * self.coefficients[p]
             if kind == 0:  # scalar_left: x scalar, z_k = w x y_k
                 wx = wp * xs[i0]
