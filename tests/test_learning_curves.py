@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from equimol.studies._learning_curves import (
+    log_geometric_mean,
     cost_at_size,
     fit_power_law,
     learning_curve_arrays,
@@ -100,3 +101,11 @@ def test_cost_at_size_interpolates_in_log_log() -> None:
     assert cost_at_size(sizes, seconds, 3) == pytest.approx(4.0)  # below the first size: its cost
     assert math.isnan(cost_at_size(sizes, seconds, math.inf))
     assert math.isnan(cost_at_size(sizes, seconds, 2000))  # beyond the sizes: not measured
+
+
+def test_geometric_mean_over_seeds_leaves_out_unusable_entries() -> None:
+    values = np.array([[1e-2, 1e-4, np.nan], [4.0, 0.0, 1.0], [np.inf, -1.0, np.nan], [2.0, 8.0, 4.0]])
+    logs = log_geometric_mean(values)
+    assert logs[0] == pytest.approx(-3.0) and logs[1] == pytest.approx(math.log10(2.0))
+    assert math.isnan(logs[2]) and logs[3] == pytest.approx(math.log10(4.0))
+    assert log_geometric_mean(np.array([10.0, 100.0])) == pytest.approx([1.0, 2.0])  # one seed

@@ -20,6 +20,7 @@ from matplotlib.ticker import NullLocator
 from equimol.train.plots import new_figure
 
 __all__ = [
+    "log_geometric_mean",
     "PowerLawFit",
     "fit_power_law",
     "samples_to_target",
@@ -67,6 +68,19 @@ def _as_grid(sizes: Sequence[float], errors: np.ndarray | Sequence) -> tuple[np.
     if np.any(n <= 0):
         raise ValueError(f"training-set sizes must be positive, got {n.tolist()}")
     return n, e
+
+
+def log_geometric_mean(values: np.ndarray | Sequence) -> np.ndarray:
+    """``log10`` of the geometric mean over seeds, per size: values ``[n_sizes, n_seeds]`` (or
+    ``[n_sizes]``) -> ``[n_sizes]``. Entries that are NaN, infinite or not positive are left
+    out; a size with none left is NaN. The one rule every curve table, fit and figure uses."""
+    v = np.asarray(values, dtype=float)
+    v = v[:, None] if v.ndim == 1 else v
+    usable = np.isfinite(v) & (v > 0)
+    logs = np.log10(np.where(usable, v, 1.0))
+    counts = usable.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, (logs * usable).sum(axis=1) / counts, np.nan)
 
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -133,9 +147,7 @@ def samples_to_target(sizes: Sequence[float], errors: np.ndarray | Sequence, tar
     n, e = _as_grid(sizes, errors)
     if np.any(np.diff(n) <= 0):
         raise ValueError(f"sizes must increase, got {n.tolist()}")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_e = np.log10(np.where(e > 0, e, np.nan))
-    curve = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in log_e])
+    curve = log_geometric_mean(e)
     keep = np.isfinite(curve)
     n, curve = n[keep], curve[keep]
     log_n, log_target = np.log10(n), math.log10(target)
@@ -162,9 +174,7 @@ def cost_at_size(sizes: Sequence[float], costs: np.ndarray | Sequence, n: float)
     sizes_, c = _as_grid(sizes, costs)
     if not math.isfinite(n) or n > sizes_[-1]:
         return math.nan
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_c = np.log10(np.where(c > 0, c, np.nan))
-    mean = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in log_c])
+    mean = log_geometric_mean(c)
     keep = np.isfinite(mean)
     if not keep.any():
         return math.nan
@@ -208,8 +218,8 @@ def learning_curve_fit_figure(
         n, e = _as_grid(sizes, errors)
         all_sizes.update(n.tolist())
         with np.errstate(divide="ignore", invalid="ignore"):
-            log_e = np.log10(np.where(e > 0, e, np.nan))
-        mean = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in log_e])
+            log_e = np.log10(np.where(np.isfinite(e) & (e > 0), e, np.nan))
+        mean = log_geometric_mean(e)
         spread = np.array([np.nanstd(row) if np.isfinite(row).sum() > 1 else 0.0 for row in log_e])
         centre = 10.0**mean
         ax.errorbar(n, centre, yerr=[centre - 10.0 ** (mean - spread), 10.0 ** (mean + spread) - centre],

@@ -74,6 +74,7 @@ from equimol.studies._learning_curves import (
     fit_power_law,
     learning_curve_arrays,
     learning_curve_fit_figure,
+    log_geometric_mean,
     samples_to_target,
 )
 
@@ -437,11 +438,10 @@ def learning_curve_target(result: InvarianceStudyResult) -> tuple[str, float] | 
     sizes, errors = learning_curve_arrays(result.learning_curve, settings.target_model,
                                           _curve_column(settings.target_metric, "original"))
     wanted = min(int(settings.target_n_train), int(sizes.max()))
-    row = errors[list(sizes).index(wanted)] if wanted in sizes else np.array([math.nan])
-    row = row[np.isfinite(row) & (row > 0)]
-    if not len(row):
+    if wanted not in sizes:
         return None
-    return settings.target_metric, float(np.exp(np.mean(np.log(row))))
+    log_mean = float(log_geometric_mean(errors[list(sizes).index(wanted)][None, :])[0])
+    return (settings.target_metric, 10.0**log_mean) if math.isfinite(log_mean) else None
 
 
 def learning_curve_fits(result: InvarianceStudyResult) -> list[dict[str, Any]]:
@@ -626,8 +626,7 @@ def _learning_curve_tables(result: InvarianceStudyResult) -> list[str]:
                 n, errors = learning_curve_arrays(curve, model, _curve_column(metric, test_set))
                 if not np.isfinite(errors).any():
                     continue
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    means = {int(k): float(np.exp(np.nanmean(np.log(row)))) for k, row in zip(n, errors)}
+                means = {int(k): float(10.0**log_mean) for k, log_mean in zip(n, log_geometric_mean(errors))}
                 body.append([model, test_set, *[means.get(k, math.nan) for k in sizes]])
         if body:
             parts += [f"Learning curves: test {label} against the number of training structures{over}:", ""]
