@@ -11,12 +11,11 @@ CPU with one thread and on CUDA when available.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import ase.build
 import torch
 
+from _timing import median_seconds
 from equimol.data.graph import atoms_to_graph
 from equimol.models.equivariant import EquivariantPotential
 
@@ -39,17 +38,8 @@ def copper(num_atoms: int, seed: int = 0) -> ase.Atoms:
 
 
 def median_time(function, device: torch.device, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    return median_seconds(function, repeats, synchronize=synchronize)
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import time
 from functools import partial
 from typing import Callable
@@ -29,6 +28,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.neighborlist import neighbor_list
 
+from _timing import median_seconds
 from equimol.data import atoms_to_graph, radius_graph
 
 _SUPERCELLS = {1000: (5, 5, 10), 10000: (10, 10, 25)}  # repeats of the 4-atom cubic cell
@@ -49,13 +49,7 @@ def copper_cell(num_atoms: int, seed: int) -> Atoms:
 
 def median_time(function: Callable[[], object], repeats: int, clock: Callable[[], float]) -> float:
     """Median time in seconds of ``repeats`` calls on ``clock``, after one warm-up call."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        function()
-        times.append(clock() - start)
-    return statistics.median(times)
+    return median_seconds(function, repeats, clock=clock)
 
 
 def main() -> None:
