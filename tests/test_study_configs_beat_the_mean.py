@@ -34,9 +34,9 @@ N_TEST = 100
 
 #: Rows that learn little or nothing even at convergence on the full data: an MLP that must
 #: learn rotation and permutation invariance of a 3D structure from augmented copies (on the
-#: Lennard-Jones cluster the positions-MLP with rotations and permutations ends at 0.91 times
+#: Lennard-Jones cluster the positions-MLP with rotations and permutations ends at 0.88 times
 #: the variance of the test energies with 500 structures, on ethanol at 0.98 with 1,000). That
-#: is the study's finding, not a defect. On a few dozen structures such a row lands on either
+#: is the study's finding, not a defect. On 72 training structures such a row lands on either
 #: side of the mean: its force term (which outweighs the energy term) moves the energies it
 #: cannot fit. For these the test asks what the defects it guards against break: the mean of
 #: its errors (a constant offset: 1.9 eV, 37 times the variance, in the defect that prompted
