@@ -89,9 +89,9 @@ def search_entry(
     Raises:
         ValueError: no candidate has a finite validation loss (every one diverged).
     """
-    best: tuple[float, dict[str, Any], ModelEntry, TrainedModel] | None = None
+    best: tuple[float, int, ModelEntry, TrainedModel] | None = None
     rows = []
-    for settings, candidate in candidate_entries(entry):
+    for index, (settings, candidate) in enumerate(candidate_entries(entry)):
         label = format_settings(settings)
         trained = train(candidate, label)
         loss = float(trained.best_val_loss)
@@ -99,11 +99,9 @@ def search_entry(
                      "stopped_by": trained.stopped_by, "train_cpu_seconds": trained.cpu_seconds, "chosen": False})
         say(f"search {entry.name} [{label}]: validation loss {loss:.3e}, {trained.epochs} epochs")
         if math.isfinite(loss) and (best is None or loss < best[0]):
-            best = (loss, settings, candidate, trained)
+            best = (loss, index, candidate, trained)
     if best is None:
         raise ValueError(f"models[{entry.name!r}].search: no candidate reached a finite validation loss "
                          f"({[row['settings'] for row in rows]})")
-    chosen = format_settings(best[1])
-    for row in rows:
-        row["chosen"] = row["settings"] == chosen
+    rows[best[1]]["chosen"] = True  # by position: two candidates may print alike
     return SearchResult(best[2], best[3], rows)
