@@ -76,18 +76,25 @@ def test_a_search_where_every_candidate_diverges_is_an_error(small) -> None:
         search_entry(entry, lambda candidate, label: nan)
 
 
-def test_study_writes_the_search_and_uses_the_kept_candidate(small, tmp_path: Path) -> None:
+def _linear_search_study(out: Path, search: bool):
+    """The small config cut to its linear model, searched over ridge {1e-8, 100}, at ridge 100."""
     config = load_config(CONFIG)
     config.data.generator_args = {"n_samples": 60, "noise_std": 0.1, "seed": 3}
-    config.training = SETTINGS
-    config.models = [dataclasses.replace(next(e for e in config.models if e.name == "Linear(1/r)"),
-                                         search={"ridge": [1e-8, 100.0]})]
+    config.training = dataclasses.replace(SETTINGS, search=search)
+    linear = next(e for e in config.models if e.name == "Linear(1/r)")
+    linear = dataclasses.replace(linear, model={**linear.model, "init_args": {**linear.model["init_args"],
+                                                                             "ridge": 100.0}})
+    config.models = [dataclasses.replace(linear, search={"ridge": [1e-8, 100.0]})]
     config.test_sets = ["original"]
     config.learning_curve = LearningCurveSettings(sizes=[20, 45], seeds=[0], models=["Linear(1/r)"],
                                                   test_sets=["original"])
     config.augmentation_cost.model = ""
-    config.output_dir = str(tmp_path)
-    result = run_invariance_study(config, log=False)
+    config.output_dir = str(out)
+    return run_invariance_study(config, log=False)
+
+
+def test_study_writes_the_search_and_uses_the_kept_candidate(small, tmp_path: Path) -> None:
+    result = _linear_search_study(tmp_path, search=True)
     with open(tmp_path / "search.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["settings"] for row in rows] == ["ridge=1e-08", "ridge=100.0"]
@@ -96,6 +103,13 @@ def test_study_writes_the_search_and_uses_the_kept_candidate(small, tmp_path: Pa
     assert "Hyperparameter search on the validation split" in (tmp_path / "results.md").read_text()
     grid = next(row for row in result.rows if row["model"] == "Linear(1/r)")
     assert grid["val_loss"] == pytest.approx(float(kept[0]["val_loss"]), rel=1e-12)
+    assert kept[0]["settings"] == "ridge=1e-08"
+    # training.search: false trains the entry's own ridge (100), the candidate the search rejected
+    quick = _linear_search_study(tmp_path / "quick", search=False)
+    assert quick.search == [] and "Hyperparameter search" not in (tmp_path / "quick" / "results.md").read_text()
+    rejected = next(float(row["val_loss"]) for row in rows if row["settings"] == "ridge=100.0")
+    quick_grid = next(row for row in quick.rows if row["model"] == "Linear(1/r)")
+    assert quick_grid["val_loss"] == pytest.approx(rejected, rel=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -118,3 +132,17 @@ def test_search_keys_are_checked(tmp_path: Path, search: str, message: str) -> N
     bad.write_text(text)
     with pytest.raises(ValueError, match=message):
         load_config(bad)
+
+
+def test_a_skipped_search_does_not_need_the_converged_budget(tmp_path: Path) -> None:
+    text = CONFIG.read_text()
+    text = text.replace("    fit: closed_form\n", "    fit: closed_form\n    search: {ridge: [1.0e-8, 1.0]}\n", 1)
+    text = text.replace("  seed: 0\nmodels", "  search: false\n  seed: 0\nmodels", 1)
+    quick = tmp_path / "quick.yaml"
+    quick.write_text(text)
+    config = load_config(quick)
+    assert config.training.budget != "converged" and not config.training.search
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(text.replace("search: {ridge:", "search: {ridgee:"))
+    with pytest.raises(ValueError, match=r"search.ridgee"):  # a skipped search is still checked
+        load_config(typo)

@@ -131,6 +131,8 @@ class TrainingSettings:
             (seeded by ``seed``; taken before any augmentation).
         seconds: ``equal_time``: wall-clock seconds per model.
         seed: seed of weights, batch order and augmentation.
+        search: run the ``search`` of the model entries that have one (``false``: train
+            each entry at its own values, the quick run; the searches are still checked).
     """
 
     epochs: int = 100
@@ -150,6 +152,7 @@ class TrainingSettings:
     val_fraction: float = 0.1
     seconds: float = 30.0
     seed: int = 0
+    search: bool = True
 
 
 @dataclass
@@ -481,9 +484,9 @@ def _validate_search(entry: ModelEntry, training: TrainingSettings) -> None:
     """A search needs the validation split of the ``converged`` budget, non-empty candidate
     lists, and candidates the model's class accepts (checked by jsonargparse, not built)."""
     where = f"models[{entry.name!r}].search"
-    if training.budget != "converged":
+    if training.budget != "converged" and training.search:
         raise ValueError(f"{where}: a search compares validation losses, which only budget 'converged' has "
-                         f"(training.budget is {training.budget!r})")
+                         f"(training.budget is {training.budget!r}; training.search: false skips the searches)")
     for key, values in entry.search.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"{where}.{key}: give a non-empty list of candidates, got {values!r}")

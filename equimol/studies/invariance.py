@@ -341,7 +341,8 @@ def _train_grid_entry(
     say: Callable[[str], None],
 ) -> tuple[TrainedModel, Any | None]:
     """Train the grid row of ``entry``: one run, or with a search every candidate (each its own
-    W&B run, closed with its validation loss) and the one kept. The kept candidate replaces
+    W&B run, closed with its validation loss) and the one kept; ``training.search: false`` skips
+    the search and trains the entry's own values. The kept candidate replaces
     the entry in ``by_name`` (for the learning curves and the augmentation cost) and the
     search's rows are added to ``result.search``. Returns the trained row and the W&B logger
     that receives its test errors (None without W&B)."""
@@ -353,7 +354,7 @@ def _train_grid_entry(
         _finish_wandb(logger, {"val/best_loss": trained.best_val_loss})
         return trained
 
-    if not entry.search:
+    if not entry.search or not config.training.search:
         logger = _wandb_logger(config, entry.name, out, entry) if write else None
         trained = train_model(entry, train, config.training, planar=config.data.planar, dtype=dtype,
                               loggers=[logger] if logger is not None else [])
